@@ -1,0 +1,133 @@
+"""RNN-T prediction network and joiner.
+
+The prediction network reads the previous non-blank tokens (blank doubles as the start symbol) and
+the joiner combines one encoder frame with one predictor state into logits over the vocabulary.
+The joiner keeps its two input projections separate from the joint so that decoders and the pruned
+loss can project each side once and join only where needed.
+
+Example::
+
+    >>> import torch
+    >>> pred = Predictor(vocab_size=32, embed_dim=16, hidden_dim=24, num_layers=1)
+    >>> join = Joiner(encoder_dim=20, predictor_dim=24, joint_dim=28, vocab_size=32)
+    >>> y = torch.randint(1, 32, (2, 5))
+    >>> p, _ = pred(pred.prepend_blank(y))            # (2, 6, 24)
+    >>> enc = torch.randn(2, 7, 20)
+    >>> logits = join(enc.unsqueeze(2), p.unsqueeze(1))  # (2, 7, 6, 32)
+    >>> tuple(logits.shape)
+    (2, 7, 6, 32)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+LSTMState = tuple[Tensor, Tensor]
+
+
+def _activation(name: str) -> nn.Module:
+    table = {"tanh": nn.Tanh, "relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU, "gelu": nn.GELU}
+    if name not in table:
+        raise ValueError(f"unknown joiner activation {name!r}; choose from {sorted(table)}")
+    return table[name]()
+
+
+class Predictor(nn.Module):
+    """Embedding + LSTM stack over previous tokens.
+
+    Args:
+        vocab_size: number of output units including blank.
+        embed_dim: token embedding width.
+        hidden_dim: LSTM width (the paper's predictor: 2 layers x 640).
+        num_layers: LSTM depth.
+        dropout: dropout on the embedding and between LSTM layers.
+        blank_id: id of blank, used as the start-of-sequence symbol.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 320,
+        num_layers: int = 1,
+        dropout: float = 0.1,
+        blank_id: int = 0,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.blank_id = blank_id
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(
+            embed_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.output_dim = hidden_dim
+
+    def prepend_blank(self, targets: Tensor) -> Tensor:
+        """``targets: (B, U)`` -> ``(B, U+1)`` with blank (the start symbol) in front."""
+        start = torch.full_like(targets[:, :1], self.blank_id)
+        return torch.cat([start, targets], dim=1)
+
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """Run the predictor over a token sequence.
+
+        Args:
+            tokens: ``(B, S)`` token ids; for training, ``prepend_blank(targets)`` with ``S = U+1``.
+              Padding positions may hold any valid id: outputs at position s depend only on
+              tokens[:, :s+1], so padded tail positions never affect real ones.
+            state: LSTM ``(h, c)``, each ``(num_layers, B, hidden_dim)``; ``None`` starts from zeros.
+
+        Returns:
+            ``(out, state)`` with ``out: (B, S, hidden_dim)``.
+        """
+        x = self.dropout(self.embedding(tokens))
+        out, state = self.lstm(x, state)
+        return out, state
+
+    def step(self, last_tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """One decoding step. ``last_tokens: (B,)`` -> ``(out: (B, hidden_dim), state)``."""
+        out, state = self.forward(last_tokens.unsqueeze(1), state)
+        return out.squeeze(1), state
+
+
+class Joiner(nn.Module):
+    """``logits = out(act(enc_proj(enc) + pred_proj(pred)))``.
+
+    Args:
+        encoder_dim, predictor_dim: input widths.
+        joint_dim: width of the joint space.
+        vocab_size: output units including blank.
+        activation: ``tanh`` (default), ``relu``, ``swish``/``silu`` or ``gelu``.
+    """
+
+    def __init__(
+        self, encoder_dim: int, predictor_dim: int, joint_dim: int, vocab_size: int, activation: str = "tanh"
+    ) -> None:
+        super().__init__()
+        self.encoder_proj = nn.Linear(encoder_dim, joint_dim)
+        self.predictor_proj = nn.Linear(predictor_dim, joint_dim)
+        self.activation = _activation(activation)
+        self.output = nn.Linear(joint_dim, vocab_size)
+        self.vocab_size = vocab_size
+
+    def project_encoder(self, enc: Tensor) -> Tensor:
+        """``(..., encoder_dim)`` -> ``(..., joint_dim)``."""
+        return self.encoder_proj(enc)
+
+    def project_predictor(self, pred: Tensor) -> Tensor:
+        """``(..., predictor_dim)`` -> ``(..., joint_dim)``."""
+        return self.predictor_proj(pred)
+
+    def join(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        """Join already-projected inputs that broadcast against each other, e.g.
+        ``(B, T, 1, J)`` and ``(B, 1, U+1, J)`` -> logits ``(B, T, U+1, V)``."""
+        return self.output(self.activation(enc_proj + pred_proj))
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """``enc: (B, T, 1, encoder_dim)``, ``pred: (B, 1, U+1, predictor_dim)`` -> ``(B, T, U+1, V)``
+        (any broadcastable shapes work)."""
+        return self.join(self.project_encoder(enc), self.project_predictor(pred))
