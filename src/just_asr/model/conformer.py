@@ -1,0 +1,288 @@
+"""Conformer blocks with Shaw-style clipped relative position keys.
+
+One block (Gulati et al. 2020, as in HF ``Wav2Vec2BertEncoderLayer``)::
+
+    x = x + 0.5 * FFN1(LN(x))                 # macaron half-step feed-forward
+    x = x + Dropout(MHSA(LN(x)))              # relative-position self-attention
+    x = x + Conv(x)                           # LN, pointwise, GLU, depthwise, norm, act, pointwise
+    x = x + 0.5 * FFN2(LN(x))
+    x = LN(x)
+
+Relative positions (``pos_encoding="shaw"``) follow HF's ``position_embeddings_type="relative_key"``
+exactly: for query i and key j, ``d = clamp(j - i, -left_max_position, right_max_position)`` and
+
+    score[i, j] = (q_i . k_j + q_i . E[d + left_max_position]) / sqrt(head_dim)
+
+with one learned ``distance_embedding`` ``E: (left + right + 1, head_dim)`` per layer shared by the
+heads. The relative term is computed as ``q @ E^T`` (``(B, H, T, P)``, cheap) and gathered into a
+``(B, H, T, T)`` float bias that goes into ``scaled_dot_product_attention`` as an additive mask
+together with the key-padding mask.
+
+Module and parameter names mirror HF's (``linear_q``, ``distance_embedding``, ``ffn1.intermediate_dense``,
+``conv_module.pointwise_conv1``, ``final_layer_norm``...), so that importing w2v-BERT 2.0 weights is a
+renaming exercise. HF's w2v-BERT 2.0 corresponds to ``conv_causal=True``, ``conv_bias=False``,
+``conv_norm="layer"``, ``activation="swish"``, ``conv_kernel=31``, left/right 64/8, d_model 1024,
+16 heads, FFN 4096, 8 contrastive + 16 MLM layers, ``frontend.kind="stack"``. Key mapping (HF
+``Wav2Vec2BertModel`` -> ``JustModel``)::
+
+    feature_projection.{layer_norm,projection}.*  -> frontend.{layer_norm,projection}.*
+    encoder.layers.{i}.<name>                     -> contrastive_stack.layers.{i}.<name>   (i < N)
+                                                     mlm_stack.layers.{i - N}.<name>       (i >= N)
+    masked_spec_embed                             -> masker.mask_embedding  (masking.replace="learned")
+
+Padding: keys beyond each row's length are masked out of attention, and the convolution module
+zeroes padded frames right before the depthwise convolution; with ``conv_norm="batch"`` the batch
+statistics are taken over valid frames only. So in eval mode an utterance's outputs in a padded batch
+equal its outputs alone (and padded output frames are zeroed).
+
+Example::
+
+    >>> import torch
+    >>> from just_asr.model.config import EncoderConfig
+    >>> stack = ConformerStack(EncoderConfig(d_model=16, num_heads=2, ffn_dim=32, conv_kernel=3), 2)
+    >>> y = stack(torch.randn(2, 9, 16), torch.tensor([9, 4]))
+    >>> tuple(y.shape)
+    (2, 9, 16)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import EncoderConfig
+from .frontend import lengths_to_padding_mask
+
+
+def _activation(name: str) -> nn.Module:
+    table = {"swish": nn.SiLU, "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(table)}")
+    return table[name]()
+
+
+def relative_position_index(t_query: int, t_key: int, left: int, right: int, device: torch.device) -> Tensor:
+    """``(t_query, t_key)`` int64 index ``clamp(j - i, -left, right) + left`` into the distance table."""
+    i = torch.arange(t_query, device=device).unsqueeze(1)
+    j = torch.arange(t_key, device=device).unsqueeze(0)
+    return (j - i).clamp(-left, right) + left
+
+
+class FeedForward(nn.Module):
+    """``Linear(d, ffn) -> act -> dropout -> Linear(ffn, d) -> dropout`` on ``(B, T, d)``."""
+
+    def __init__(self, d_model: int, ffn_dim: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.intermediate_dense = nn.Linear(d_model, ffn_dim)
+        self.activation = _activation(activation)
+        self.intermediate_dropout = nn.Dropout(dropout)
+        self.output_dense = nn.Linear(ffn_dim, d_model)
+        self.output_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
+        return self.output_dropout(self.output_dense(x))
+
+
+class RelativeSelfAttention(nn.Module):
+    """Multi-head self-attention with optional Shaw clipped relative keys.
+
+    Args:
+        d_model: width; ``head_dim = d_model // num_heads``.
+        num_heads: heads.
+        dropout: dropout on attention probabilities (training only).
+        pos_encoding: ``"shaw"`` or ``"none"``.
+        left_max_position, right_max_position: clipping distances (keys before / after the query).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        pos_encoding: str = "shaw",
+        left_max_position: int = 64,
+        right_max_position: int = 8,
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        if pos_encoding not in ("shaw", "none"):
+            raise ValueError(f"unknown pos_encoding {pos_encoding!r}; choose 'shaw' or 'none'")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.pos_encoding = pos_encoding
+        self.left_max_position = left_max_position
+        self.right_max_position = right_max_position
+        self.linear_q = nn.Linear(d_model, d_model)
+        self.linear_k = nn.Linear(d_model, d_model)
+        self.linear_v = nn.Linear(d_model, d_model)
+        self.linear_out = nn.Linear(d_model, d_model)
+        if pos_encoding == "shaw":
+            self.distance_embedding = nn.Embedding(left_max_position + right_max_position + 1, self.head_dim)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """``x: (B, T, d_model)``, ``valid: (B, T)`` bool (True at real frames) -> ``(B, T, d_model)``.
+
+        Padded keys get no attention; padded query rows produce finite values that callers ignore.
+        """
+        b, t, _ = x.shape
+        h, dh = self.num_heads, self.head_dim
+        q = self.linear_q(x).view(b, t, h, dh).transpose(1, 2)  # (B, H, T, dh)
+        k = self.linear_k(x).view(b, t, h, dh).transpose(1, 2)
+        v = self.linear_v(x).view(b, t, h, dh).transpose(1, 2)
+        key_ok = valid[:, None, None, :]  # (B, 1, 1, T)
+        if self.pos_encoding == "shaw":
+            # Scale the small (B, H, T, P) table, not the (B, H, T, T) bias.
+            table = self.distance_embedding.weight.to(q.dtype) * (1.0 / math.sqrt(dh))  # (P, dh)
+            rel = torch.matmul(q, table.t())  # (B, H, T, P)
+            idx = relative_position_index(t, t, self.left_max_position, self.right_max_position, x.device)
+            mask: Tensor = rel.gather(-1, idx.expand(b, h, t, t))  # (B, H, T, T), a fresh tensor
+            mask.masked_fill_(~key_ok, float("-inf"))  # in place is safe: gather's backward needs no output
+        else:
+            mask = key_ok
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, dh)
+        return self.linear_out(out.transpose(1, 2).reshape(b, t, h * dh))
+
+
+class MaskedBatchNorm1d(nn.Module):
+    """Batch norm over ``(B, C, T)`` whose statistics use only valid frames.
+
+    Training: per-channel mean and (biased) variance over the valid frames of the batch; running
+    statistics are updated with ``momentum`` (unbiased variance, as ``nn.BatchNorm1d``). Eval: running
+    statistics. Padded frames never influence the statistics, so padding cannot change the outputs.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """``x: (B, C, T)``, ``valid: (B, T)`` bool -> ``(B, C, T)``."""
+        if self.training:
+            m = valid.unsqueeze(1).to(x.dtype)  # (B, 1, T)
+            n = m.sum().clamp(min=1.0)
+            mean = (x * m).sum(dim=(0, 2)) / n
+            var = (((x - mean[None, :, None]) ** 2) * m).sum(dim=(0, 2)) / n
+            with torch.no_grad():
+                unbiased = var * (n / (n - 1.0).clamp(min=1.0))
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach().to(self.running_mean.dtype))
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.detach().to(self.running_var.dtype))
+        else:
+            mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
+        y = (x - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
+        return y * self.weight[None, :, None] + self.bias[None, :, None]
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution module on ``(B, T, d)``.
+
+    ``LN -> pointwise Conv1d(d, 2d) -> GLU -> zero padded frames -> depthwise Conv1d(kernel)
+    -> norm (layer or masked batch) -> activation -> pointwise Conv1d(d, d) -> dropout``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        kernel_size: int,
+        norm: str = "layer",
+        causal: bool = False,
+        bias: bool = True,
+        activation: str = "swish",
+        dropout: float = 0.0,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"conv kernel must be odd, got {kernel_size}")
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"unknown conv_norm {norm!r}; choose 'layer' or 'batch'")
+        self.kernel_size = kernel_size
+        self.causal = causal
+        self.norm_kind = norm
+        self.layer_norm = nn.LayerNorm(d_model, eps=eps)
+        self.pointwise_conv1 = nn.Conv1d(d_model, 2 * d_model, 1, bias=bias)
+        self.depthwise_conv = nn.Conv1d(d_model, d_model, kernel_size, groups=d_model, bias=bias)
+        if norm == "layer":
+            self.depthwise_layer_norm = nn.LayerNorm(d_model, eps=eps)
+        else:
+            self.depthwise_batch_norm = MaskedBatchNorm1d(d_model, eps=eps)
+        self.activation = _activation(activation)
+        self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """``x: (B, T, d)``, ``valid: (B, T)`` bool -> ``(B, T, d)`` (the residual branch only)."""
+        y = self.layer_norm(x).transpose(1, 2)  # (B, d, T)
+        y = F.glu(self.pointwise_conv1(y), dim=1)
+        y = y.masked_fill(~valid.unsqueeze(1), 0.0)
+        pad = (self.kernel_size - 1, 0) if self.causal else ((self.kernel_size - 1) // 2,) * 2
+        y = self.depthwise_conv(F.pad(y, pad))
+        if self.norm_kind == "layer":
+            y = self.depthwise_layer_norm(y.transpose(1, 2)).transpose(1, 2)
+        else:
+            y = self.depthwise_batch_norm(y, valid)
+        y = self.pointwise_conv2(self.activation(y))
+        return self.dropout(y).transpose(1, 2)
+
+
+class ConformerBlock(nn.Module):
+    """One conformer block (see the module docstring) built from an ``EncoderConfig``."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        d, eps = cfg.d_model, cfg.layer_norm_eps
+        self.ffn1_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.ffn1 = FeedForward(d, cfg.ffn_dim, cfg.activation, cfg.dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.self_attn = RelativeSelfAttention(
+            d, cfg.num_heads, cfg.attention_dropout, cfg.pos_encoding, cfg.left_max_position, cfg.right_max_position
+        )
+        self.self_attn_dropout = nn.Dropout(cfg.dropout)
+        self.conv_module = ConvModule(
+            d, cfg.conv_kernel, cfg.conv_norm, cfg.conv_causal, cfg.conv_bias, cfg.activation, cfg.dropout, eps
+        )
+        self.ffn2_layer_norm = nn.LayerNorm(d, eps=eps)
+        self.ffn2 = FeedForward(d, cfg.ffn_dim, cfg.activation, cfg.dropout)
+        self.final_layer_norm = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """``x: (B, T, d)``, ``valid: (B, T)`` bool -> ``(B, T, d)``."""
+        x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
+        x = x + self.self_attn_dropout(self.self_attn(self.self_attn_layer_norm(x), valid))
+        x = x + self.conv_module(x, valid)
+        x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
+        return self.final_layer_norm(x)
+
+
+class ConformerStack(nn.Module):
+    """``num_layers`` conformer blocks. Padded frames are zeroed on input and output.
+
+    Args:
+        cfg: block settings.
+        num_layers: depth (0 gives an identity that still zeroes padding).
+    """
+
+    def __init__(self, cfg: EncoderConfig, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([ConformerBlock(cfg) for _ in range(num_layers)])
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """``x: (B, T, d)``, ``lengths: (B,)`` valid frames -> ``(B, T, d)``."""
+        valid = lengths_to_padding_mask(lengths, x.size(1))
+        keep = valid.unsqueeze(-1).to(x.dtype)
+        x = x * keep
+        for layer in self.layers:
+            x = layer(x, valid)
+        return x * keep

@@ -1,0 +1,152 @@
+"""Feature front ends: log-mel fbank ``(B, T, F)`` -> latent frames ``(B, T', d_model)``.
+
+Two front ends:
+
+* ``ConvSubsampling`` (``kind="conv2d"``): two ``Conv2d(kernel 3, stride 2, no padding)`` + ReLU
+  layers over (time, frequency), 4x time subsampling (10 ms -> 40 ms), then a linear projection of
+  ``channels * F''`` to ``d_model``. Output length (exact, per layer ``floor((n - 3) / 2) + 1``)::
+
+      T' = ((T - 1) // 2 - 1) // 2          (needs T >= 7 for T' >= 1)
+
+  Without padding, each valid output frame only sees valid input frames, so padding never leaks.
+* ``StackedProjection`` (``kind="stack"``): stack ``k`` consecutive frames (80-d -> 160-d at
+  20 ms for k=2; an incomplete trailing group is dropped), then ``LayerNorm(k*F)`` + ``Linear`` to
+  ``d_model``. This is HF ``Wav2Vec2BertFeatureProjection`` (``layer_norm``, ``projection``) fed
+  with SeamlessM4T-style stacked features, so w2v-BERT 2.0 weights map onto it directly::
+
+      T' = T // k
+
+Example::
+
+    >>> import torch
+    >>> fe = ConvSubsampling(input_dim=80, channels=8, d_model=16)
+    >>> y, n = fe(torch.randn(2, 50, 80), torch.tensor([50, 30]))
+    >>> tuple(y.shape), n.tolist()
+    ((2, 11, 16), [11, 6])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import FrontendConfig
+
+
+def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``lengths: (B,)`` -> bool ``(B, max_len)``, True at *valid* frames."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def _check_input(features: Tensor, lengths: Tensor, input_dim: int) -> None:
+    if features.dim() != 3:
+        raise ValueError(f"features must be (B, T, F), got shape {tuple(features.shape)}")
+    if features.size(-1) != input_dim:
+        raise ValueError(f"features have {features.size(-1)} bins per frame, the front end expects {input_dim}")
+    if lengths.dim() != 1 or lengths.size(0) != features.size(0):
+        raise ValueError(f"feature_lens must be (B,)={features.size(0)}, got shape {tuple(lengths.shape)}")
+    if lengths.numel() and int(lengths.max()) > features.size(1):
+        raise ValueError(f"feature_lens max {int(lengths.max())} exceeds padded length {features.size(1)}")
+
+
+class ConvSubsampling(nn.Module):
+    """Two stride-2 3x3 Conv2d + ReLU layers and a projection (4x time subsampling).
+
+    Args:
+        input_dim: fbank bins F.
+        channels: output channels of both conv layers.
+        d_model: output width.
+        dropout: dropout on the output.
+    """
+
+    min_input_frames = 7
+    subsampling = 4
+
+    def __init__(self, input_dim: int, channels: int, d_model: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
+        self.freq_out = ((input_dim - 1) // 2 - 1) // 2
+        self.proj = nn.Linear(channels * self.freq_out, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def output_lengths(lengths: Tensor) -> Tensor:
+        """``T' = ((T - 1) // 2 - 1) // 2`` for ``lengths: (B,)`` (clamped at 0)."""
+        return (((lengths - 1) // 2 - 1) // 2).clamp(min=0)
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``features: (B, T, F)``, ``lengths: (B,)`` -> ``(latent (B, T', d_model), lengths' (B,))``.
+
+        Padded output frames are set to zero.
+        """
+        _check_input(features, lengths, self.input_dim)
+        if lengths.numel() and int(lengths.min()) < self.min_input_frames:
+            raise ValueError(
+                f"an utterance has {int(lengths.min())} frames; the conv2d front end needs at least "
+                f"{self.min_input_frames} (filter short cuts out in the data pipeline)"
+            )
+        x = torch.relu(self.conv1(features.unsqueeze(1)))  # (B, C, T1, F1)
+        x = torch.relu(self.conv2(x))  # (B, C, T2, F2)
+        b, c, t, f = x.shape
+        x = self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        out_lens = self.output_lengths(lengths)
+        x = x * lengths_to_padding_mask(out_lens, t).unsqueeze(-1).to(x.dtype)
+        return self.dropout(x), out_lens
+
+
+class StackedProjection(nn.Module):
+    """Stack ``stack_frames`` frames, then ``LayerNorm`` + ``Linear`` (the w2v-BERT 2.0 front end).
+
+    Args:
+        input_dim: fbank bins F (80); the projection reads ``stack_frames * F`` (160).
+        stack_frames: frames per output frame.
+        d_model: output width.
+        dropout: dropout on the output.
+        eps: layer-norm epsilon.
+    """
+
+    def __init__(
+        self, input_dim: int, stack_frames: int, d_model: int, dropout: float = 0.0, eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.stack_frames = stack_frames
+        self.subsampling = stack_frames
+        self.min_input_frames = stack_frames
+        self.layer_norm = nn.LayerNorm(input_dim * stack_frames, eps=eps)
+        self.projection = nn.Linear(input_dim * stack_frames, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """``T' = T // stack_frames`` for ``lengths: (B,)``."""
+        return torch.div(lengths, self.stack_frames, rounding_mode="floor")
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``features: (B, T, F)``, ``lengths: (B,)`` -> ``(latent (B, T // k, d_model), lengths' (B,))``.
+
+        Padded output frames are set to zero.
+        """
+        _check_input(features, lengths, self.input_dim)
+        if lengths.numel() and int(lengths.min()) < self.min_input_frames:
+            raise ValueError(
+                f"an utterance has {int(lengths.min())} frames; stacking {self.stack_frames} frames needs "
+                f"at least {self.min_input_frames}"
+            )
+        b, t, f = features.shape
+        t_out = t // self.stack_frames
+        x = features[:, : t_out * self.stack_frames].reshape(b, t_out, self.stack_frames * f)
+        x = self.projection(self.layer_norm(x))
+        out_lens = self.output_lengths(lengths)
+        x = x * lengths_to_padding_mask(out_lens, t_out).unsqueeze(-1).to(x.dtype)
+        return self.dropout(x), out_lens
+
+
+def build_frontend(cfg: FrontendConfig, d_model: int) -> ConvSubsampling | StackedProjection:
+    """Front end named by ``cfg.kind``."""
+    if cfg.kind == "conv2d":
+        return ConvSubsampling(cfg.input_dim, cfg.conv_channels, d_model, cfg.dropout)
+    if cfg.kind == "stack":
+        return StackedProjection(cfg.input_dim, cfg.stack_frames, d_model, cfg.dropout, cfg.layer_norm_eps)
+    raise ValueError(f"unknown frontend kind {cfg.kind!r}; choose 'conv2d' or 'stack'")
