@@ -3,7 +3,7 @@
 #   * a virtual environment in .venv
 #   * torch==2.13.0 pinned in the same pip call as everything else, unless a torch that satisfies the
 #     project's range is already installed (e.g. a CUDA build on a GPU machine): then that one is kept
-#   * the project with its test extras (editable)
+#   * the project with its test extras and the hf extra the import tests need (editable)
 #   * espeak-ng (Debian package) through apt-get when it is missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,8 +69,8 @@ PYEOF
   fi
 fi
 
-echo "[setup] pip install ($torch_spec, just-asr[test])"
+echo "[setup] pip install ($torch_spec, just-asr[test,hf])"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel >/dev/null
-"$VENV/bin/python" -m pip install -q "$torch_spec" -e ".[test]"
+"$VENV/bin/python" -m pip install -q "$torch_spec" -e ".[test,hf]"
 echo "$want" > "$stamp"
 echo "[setup] done"

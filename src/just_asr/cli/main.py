@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "turn a training checkpoint into a model directory (safetensors)"),
     "decode": ("decode", "decode test cuts and write per-language WER/CER reports"),
     "transcribe": ("transcribe", "print transcripts for audio files"),
+    "import-w2v-bert": ("import_w2v_bert", "import a Hugging Face Wav2Vec2BertModel (w2v-BERT 2.0) as a just-asr model directory"),
 }
 
 
