@@ -1,0 +1,229 @@
+"""``AsrDataset``: from a lhotse CutSet batch to the batch dict of docs/architecture.md.
+
+Keys (always present, in this order):
+
+=============== ==================== ==========================================================
+``features``    float32 (B, T, 80)   log-mel fbank, zero-padded, optional global CMVN applied
+``feature_lens`` int64 (B,)          valid frames per row (``num_frames`` of the cut's samples)
+``targets``     int64 (B, U_max)     token ids padded with 0 (blank); ``U_max >= 1``; all-zero
+                                     rows for cuts without text
+``target_lens`` int64 (B,)           tokens per row (0 when no text)
+``has_text``    bool (B,)            the cut has a usable transcript
+``langs``       list[str]            ISO code per row (``"und"`` when unknown)
+``cut_ids``     list[str]            lhotse cut ids
+``texts``       list[str]            normalised reference text (``""`` when none)
+=============== ==================== ==========================================================
+
+With ``spec_augment`` given, the batch also holds ``supervised_features`` (B, T, 80): a
+SpecAugmented copy for the model's supervised branch (``features`` stays clean for the
+quantiser). Nothing else is added.
+
+Bad items never crash a batch: a cut whose audio cannot be read is reported to the error
+collector and dropped from the batch; a cut whose text holds characters the tokenizer lacks is
+handled by ``on_unknown_chars``:
+
+* ``"skip"`` (default): report it and drop the cut from the batch;
+* ``"untranscribed"``: report it and keep the audio as an untranscribed row (``has_text`` false),
+  so it still feeds the self-supervised losses;
+* ``"unk"``: encode the characters as ``<unk>`` (no report);
+* ``"fail"``: raise.
+
+Reports are made in the process that builds the batch (a DataLoader worker when
+``num_workers > 0``), where they are logged as warnings; the training loader also filters
+unspellable cuts in the main process so that most never reach a worker (see ``loader.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+import torch.utils.data
+
+from just_asr.data.audio import AudioError, cut_audio_path
+from just_asr.data.errors import DataError, ErrorCollector
+from just_asr.data.features import FBANK_DIM, GlobalCMVN, cut_features
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lhotse import CutSet
+    from lhotse.cut import Cut
+
+    from just_asr.data.augment import SpecAugment
+    from just_asr.data.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_LANGUAGE = "und"
+UNKNOWN_CHARS_POLICIES = ("skip", "untranscribed", "unk", "fail")
+
+
+def cut_text(cut: "Cut") -> str | None:
+    """The cut's transcript (supervision texts joined by a space), or ``None`` when it has none."""
+    texts = [s.text.strip() for s in cut.supervisions if s.text is not None and s.text.strip()]
+    return " ".join(texts) if texts else None
+
+
+def cut_language(cut: "Cut") -> str:
+    """ISO code of the cut's first supervision with a language (``"und"`` when none).
+
+    MLS names (``polish``) written by lhotse's own recipe are mapped to ISO codes.
+    """
+    from just_asr.data.languages import get_language
+
+    for s in cut.supervisions:
+        if s.language:
+            try:
+                return get_language(s.language).iso
+            except ValueError:
+                return str(s.language)
+    custom = cut.custom or {}
+    lang = custom.get("language") if isinstance(custom, dict) else None
+    return str(lang) if lang else UNKNOWN_LANGUAGE
+
+
+def cut_source(cut: "Cut") -> str:
+    """What to name in a report about a cut: its audio file, else ``cut <id>``."""
+    return cut_audio_path(cut) or f"cut {cut.id}"
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """Map-style lhotse dataset: ``dataset[cuts] -> batch dict`` (see the module docstring).
+
+    Args:
+        tokenizer: the :class:`~just_asr.data.tokenizer.Tokenizer`; ``None`` treats every cut as
+            untranscribed (self-supervised pretraining), texts are still returned.
+        cmvn: global mean/variance normalisation applied to valid frames.
+        feature_source: ``"auto"`` (stored features when a cut has them, else computed from the
+            audio), ``"precomputed"`` or ``"on-the-fly"``.
+        spec_augment: if given, adds ``supervised_features`` (see the module docstring).
+        on_unknown_chars: ``skip`` | ``untranscribed`` | ``unk`` | ``fail``.
+        errors: collector for bad cuts (default: a ``skip`` collector owned by the dataset).
+        seed: seeds the SpecAugment generator (offset by the DataLoader worker id).
+    """
+
+    def __init__(
+        self,
+        tokenizer: "Tokenizer | None" = None,
+        *,
+        cmvn: GlobalCMVN | None = None,
+        feature_source: str = "auto",
+        spec_augment: "SpecAugment | None" = None,
+        on_unknown_chars: str = "skip",
+        errors: ErrorCollector | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if feature_source not in ("auto", "precomputed", "on-the-fly"):
+            raise ValueError(f"feature_source must be auto, precomputed or on-the-fly, got {feature_source!r}")
+        if on_unknown_chars not in UNKNOWN_CHARS_POLICIES:
+            raise ValueError(f"on_unknown_chars must be one of {UNKNOWN_CHARS_POLICIES}, got {on_unknown_chars!r}")
+        self.tokenizer = tokenizer
+        self.cmvn = cmvn
+        self.feature_source = feature_source
+        self.spec_augment = spec_augment
+        self.on_unknown_chars = on_unknown_chars
+        self.errors = errors if errors is not None else ErrorCollector("skip")
+        self.seed = int(seed)
+        self._generator: torch.Generator | None = None
+
+    def _rng(self) -> torch.Generator:
+        if self._generator is None:
+            info = torch.utils.data.get_worker_info()
+            self._generator = torch.Generator().manual_seed(self.seed * 1000 + (info.id + 1 if info else 0))
+        return self._generator
+
+    def encode_text(self, cut: "Cut", text: str | None) -> tuple[list[int] | None, bool]:
+        """``(token ids or None, keep the cut)`` for a cut's text under ``on_unknown_chars``."""
+        if text is None or self.tokenizer is None:
+            return None, True
+        if self.on_unknown_chars == "unk":
+            return self.tokenizer.encode(text, allow_unknown=True), True
+        missing = self.tokenizer.missing_characters(text)
+        if not missing:
+            return self.tokenizer.encode(text), True
+        chars = " ".join(f"{c!r} (U+{ord(c):04X})" for c in missing)
+        problem = f"transcript of cut {cut.id} has characters the tokenizer lacks: {chars}"
+        if self.on_unknown_chars == "fail":
+            raise DataError(cut_source(cut), problem)
+        if self.on_unknown_chars == "untranscribed":
+            self.errors.warn(cut_source(cut), problem + "; used without text")
+            return None, True
+        self.errors.report(cut_source(cut), problem)
+        return None, False
+
+    def __getitem__(self, cuts: "CutSet") -> dict:
+        feats: list[torch.Tensor] = []
+        ids: list[list[int] | None] = []
+        langs: list[str] = []
+        cut_ids: list[str] = []
+        texts: list[str] = []
+        for cut in cuts:
+            text = cut_text(cut)
+            tokens, keep = self.encode_text(cut, text)
+            if not keep:
+                continue
+            try:
+                f = cut_features(cut, self.feature_source)
+            except AudioError as exc:
+                self.errors.add(exc)
+                continue
+            if f.shape[0] == 0:
+                self.errors.report(cut_source(cut), f"cut {cut.id} has no feature frames (duration {cut.duration}s)")
+                continue
+            feats.append(f)
+            ids.append(tokens)
+            langs.append(cut_language(cut))
+            cut_ids.append(cut.id)
+            texts.append(text or "")
+        if not feats:
+            raise DataError(None, f"every cut of a batch of {len(cuts)} was unusable; see the warnings above")
+        return collate(feats, ids, langs, cut_ids, texts, cmvn=self.cmvn, spec_augment=self.spec_augment, generator=self._rng())
+
+
+def collate(
+    feats: list[torch.Tensor],
+    token_ids: list[list[int] | None],
+    langs: list[str],
+    cut_ids: list[str],
+    texts: list[str],
+    *,
+    cmvn: GlobalCMVN | None = None,
+    spec_augment: "SpecAugment | None" = None,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Pad per-cut ``(T_i, 80)`` features and token lists into the batch dict.
+
+    ``token_ids[i] is None`` marks an untranscribed row (``has_text`` false, ``target_lens`` 0).
+    """
+    b = len(feats)
+    lens = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
+    t_max = int(lens.max())
+    features = torch.zeros(b, t_max, FBANK_DIM, dtype=torch.float32)
+    for i, f in enumerate(feats):
+        features[i, : f.shape[0]] = f
+    if cmvn is not None:
+        features = cmvn.apply(features, lens)
+    has_text = torch.tensor([t is not None for t in token_ids], dtype=torch.bool)
+    target_lens = torch.tensor([len(t) if t is not None else 0 for t in token_ids], dtype=torch.int64)
+    u_max = max(1, int(target_lens.max()))
+    targets = torch.zeros(b, u_max, dtype=torch.int64)
+    for i, t in enumerate(token_ids):
+        if t:
+            targets[i, : len(t)] = torch.tensor(t, dtype=torch.int64)
+    batch = {
+        "features": features,
+        "feature_lens": lens,
+        "targets": targets,
+        "target_lens": target_lens,
+        "has_text": has_text,
+        "langs": list(langs),
+        "cut_ids": list(cut_ids),
+        "texts": list(texts),
+    }
+    if spec_augment is not None:
+        was = spec_augment.training
+        spec_augment.train()
+        batch["supervised_features"] = spec_augment(features, lens, generator=generator)
+        spec_augment.train(was)
+    return batch

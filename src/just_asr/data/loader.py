@@ -1,0 +1,228 @@
+"""DataLoaders for training and evaluation (wrapped in a LightningDataModule by the train layer).
+
+Training: per-language CutSets are multiplexed with temperature weights
+(:func:`just_asr.data.sampling.temperature_mux`, an endless stream: train with a step budget),
+optionally filtered (cuts whose text the tokenizer cannot spell are reported and dropped here,
+in the main process, where the sampler iterates the cuts), then batched by lhotse's
+``DynamicBucketingSampler``: cuts of similar duration share a batch, each batch holds at most
+``max_duration`` seconds of audio, and with ``world_size > 1`` every rank gets its own batches
+(all ranks read the same seeded stream and take every ``world_size``-th batch).
+
+Evaluation: one pass over the cuts in duration buckets, no shuffling, no dropping.
+
+Both return ``torch.utils.data.DataLoader`` objects yielding the batch dict of
+:mod:`just_asr.data.dataset` (``batch_size=None``: the sampler makes the batches).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import torch.utils.data
+
+from just_asr.data.dataset import AsrDataset, cut_source, cut_text
+from just_asr.data.errors import ErrorCollector
+from just_asr.data.features import GlobalCMVN
+from just_asr.data.sampling import LanguageStats, temperature_mux
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lhotse import CutSet
+
+    from just_asr.data.augment import SpecAugment
+    from just_asr.data.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class _SpellableFilter:
+    """Predicate for ``CutSet.filter``: keeps cuts the tokenizer can spell, reports the others."""
+
+    def __init__(self, tokenizer: "Tokenizer", errors: ErrorCollector):
+        self.tokenizer = tokenizer
+        self.errors = errors
+
+    def __call__(self, cut) -> bool:
+        text = cut_text(cut)
+        if text is None:
+            return True
+        missing = self.tokenizer.missing_characters(text)
+        if not missing:
+            return True
+        chars = " ".join(f"{c!r} (U+{ord(c):04X})" for c in missing)
+        self.errors.report(cut_source(cut), f"transcript of cut {cut.id} has characters the tokenizer lacks: {chars}")
+        return False
+
+
+def _sampler(cuts, num_buckets: int, **kwargs):
+    """lhotse's DynamicBucketingSampler, or its unbucketed sibling for fewer than 2 buckets."""
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    if num_buckets >= 2:
+        return DynamicBucketingSampler(cuts, num_buckets=num_buckets, **kwargs)
+    for key in ("num_cuts_for_bins_estimate", "buffer_size", "sync_buckets"):
+        kwargs.pop(key, None)
+    return DynamicCutSampler(cuts, **kwargs)
+
+
+def _load_cmvn(cmvn: GlobalCMVN | str | Path | None) -> GlobalCMVN | None:
+    if cmvn is None or isinstance(cmvn, GlobalCMVN):
+        return cmvn
+    return GlobalCMVN.load(cmvn)
+
+
+def make_train_dataloader(
+    cuts_by_lang: Mapping[str, "CutSet"],
+    tokenizer: "Tokenizer | None",
+    *,
+    max_duration: float,
+    temperature: float = 1.0,
+    unit: str = "hours",
+    num_workers: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+    spec_augment: "SpecAugment | None" = None,
+    cmvn: GlobalCMVN | str | Path | None = None,
+    feature_source: str = "auto",
+    num_buckets: int = 10,
+    max_cuts: int | None = None,
+    quadratic_duration: float | None = None,
+    buffer_size: int = 20000,
+    shuffle_buffer_size: int = 20000,
+    num_cuts_for_bins_estimate: int = 10000,
+    on_unknown_chars: str = "skip",
+    errors: ErrorCollector | None = None,
+    stats: Mapping[str, LanguageStats] | None = None,
+) -> torch.utils.data.DataLoader:
+    """The training DataLoader over several languages (an endless stream).
+
+    Args:
+        cuts_by_lang: ISO code -> CutSet (lazy sets are fine; untranscribed cuts may be mixed in
+            as their own "language", e.g. ``"und"``).
+        tokenizer: encodes transcripts; ``None`` makes every row untranscribed.
+        max_duration: seconds of padded audio per batch (per rank), by lhotse's rule: cuts are
+            added while ``(n + 1) * longest`` stays within it, so a batch ends up at most one cut
+            over.
+        temperature, unit: language sampling (:mod:`just_asr.data.sampling`): ``p(l) ∝
+            n_l^(1/τ)`` with ``n_l`` in ``"hours"`` (default) or ``"utterances"``. The effective
+            proportions are logged; the :class:`~just_asr.data.sampling.LanguageMix` is at
+            ``loader.language_mix``.
+        num_workers: DataLoader worker processes (audio decoding and features run there).
+        world_size, rank: distributed data parallel partitioning.
+        seed: seeds the language mux, the sampler's shuffling and SpecAugment.
+        spec_augment: adds ``supervised_features`` to each batch (see :mod:`just_asr.data.dataset`).
+        cmvn: a :class:`~just_asr.data.features.GlobalCMVN` or the path of its JSON.
+        feature_source: ``auto`` | ``precomputed`` | ``on-the-fly``.
+        num_buckets, max_cuts, quadratic_duration, buffer_size, shuffle_buffer_size,
+            num_cuts_for_bins_estimate: passed to lhotse's ``DynamicBucketingSampler`` (the
+            bucket edges are estimated from the first ``num_cuts_for_bins_estimate`` cuts of
+            the mixed stream). ``num_buckets < 2`` uses lhotse's unbucketed
+            ``DynamicCutSampler``.
+        on_unknown_chars: policy for transcripts the tokenizer cannot spell (``skip`` filters them
+            here with a report).
+        errors: collector for bad cuts (default: a new ``skip`` collector at
+            ``loader.errors``).
+        stats: per-language cut counts/hours if already known (skips a counting pass).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if max_duration <= 0:
+        raise ValueError(f"max_duration must be > 0, got {max_duration}")
+    errors = errors if errors is not None else ErrorCollector("skip")
+    cuts, mix = temperature_mux(cuts_by_lang, temperature, unit, seed=seed, stats=stats)
+    if rank == 0 and not logging.getLogger("just_asr.data.sampling").isEnabledFor(logging.INFO):
+        print(mix.describe(), flush=True)  # the proportions are shown even when INFO logs are off
+    if tokenizer is not None and on_unknown_chars == "skip":
+        cuts = cuts.filter(_SpellableFilter(tokenizer, errors))
+    sampler = _sampler(
+        cuts,
+        num_buckets,
+        max_duration=max_duration,
+        max_cuts=max_cuts,
+        shuffle=True,
+        drop_last=True,
+        quadratic_duration=quadratic_duration,
+        buffer_size=buffer_size,
+        shuffle_buffer_size=shuffle_buffer_size,
+        num_cuts_for_bins_estimate=num_cuts_for_bins_estimate,
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
+    )
+    dataset = AsrDataset(
+        tokenizer,
+        cmvn=_load_cmvn(cmvn),
+        feature_source=feature_source,
+        spec_augment=spec_augment,
+        on_unknown_chars=on_unknown_chars,
+        errors=errors,
+        seed=seed + 7919 * rank,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+    loader.language_mix = mix  # type: ignore[attr-defined]
+    loader.errors = errors  # type: ignore[attr-defined]
+    return loader
+
+
+def make_eval_dataloader(
+    cuts: "CutSet",
+    tokenizer: "Tokenizer | None",
+    *,
+    max_duration: float,
+    num_workers: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+    cmvn: GlobalCMVN | str | Path | None = None,
+    feature_source: str = "auto",
+    num_buckets: int = 10,
+    on_unknown_chars: str = "unk",
+    errors: ErrorCollector | None = None,
+) -> torch.utils.data.DataLoader:
+    """One ordered pass over ``cuts`` in duration buckets (no shuffle, nothing dropped).
+
+    With ``world_size > 1`` the ranks get disjoint cuts; lhotse evens the ranks out by repeating
+    a few cuts with ids ending in ``_dup<k>``: drop those when gathering results.
+
+    ``on_unknown_chars`` defaults to ``"unk"``: an evaluation cut is never silently removed (its
+    reference text in ``texts`` is still scored as is). Audio that cannot be read is reported to
+    ``errors`` (``loader.errors``) and left out of its batch.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    errors = errors if errors is not None else ErrorCollector("skip")
+    n_cuts = sum(1 for _ in cuts)  # evaluation sets are small; lhotse needs buckets <= cuts
+    if n_cuts == 0:
+        raise ValueError("no cuts to evaluate")
+    sampler = _sampler(
+        cuts,
+        min(num_buckets, n_cuts),
+        max_duration=max_duration,
+        shuffle=False,
+        drop_last=False,
+        world_size=world_size,
+        rank=rank,
+    )
+    dataset = AsrDataset(
+        tokenizer,
+        cmvn=_load_cmvn(cmvn),
+        feature_source=feature_source,
+        on_unknown_chars=on_unknown_chars,
+        errors=errors,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+    loader.errors = errors  # type: ignore[attr-defined]
+    return loader

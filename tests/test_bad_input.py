@@ -1,0 +1,239 @@
+"""Bad input: each case gets a message naming the file (and line) and the problem; the rest is kept."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_helpers import SENTENCES, tone, write_audio, write_mls_corpus
+from just_asr.data.audio import AudioError, load_audio, probe_audio
+from just_asr.data.errors import DataError, ErrorCollector
+from just_asr.data.mls import load_manifests, prepare_mls
+
+FAST = dict(num_cuts_for_bins_estimate=200, buffer_size=500, shuffle_buffer_size=500)
+
+
+def _break_corpus(root: Path):
+    """A Polish corpus (train 8, dev 3, test 3) with one problem per utterance of train/dev."""
+    spec = write_mls_corpus(root, langs=("pl",), splits={"train": 8, "dev": 3, "test": 3})
+    ids = spec.ids[("pl", "train")]
+    p = spec.paths
+    p[ids[0]].unlink()  # missing audio
+    p[ids[1]].write_bytes(b"this is not a flac file" * 10)  # corrupt
+    data = p[ids[2]].read_bytes()
+    p[ids[2]].write_bytes(data[: len(data) // 2])  # truncated FLAC
+    p[ids[3]].write_bytes(b"")  # empty file
+    sf.write(str(p[ids[4]]), np.zeros(0, np.float32), 16000, format="WAV")  # zero samples
+    write_audio(p[ids[5]], tone(0.5, 22050), 22050, "flac")  # wrong sample rate: kept, resampled
+    write_audio(p[ids[6]], tone(0.5, 16000, channels=2), 16000, "flac")  # stereo: kept, downmixed
+    tr = root / "mls_polish" / "train" / "transcripts.txt"
+    lines = tr.read_text(encoding="utf-8").splitlines()
+    lines.insert(3, "1000_500_000099 a line without a tab")
+    tr.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dev_ids = spec.ids[("pl", "dev")]
+    dv = root / "mls_polish" / "dev" / "transcripts.txt"
+    dlines = dv.read_text(encoding="utf-8").splitlines()
+    dlines[1] = f"{dev_ids[1]}\t   "  # empty transcript
+    dv.write_text("\n".join(dlines) + "\n", encoding="utf-8")
+    return spec, ids, dev_ids
+
+
+def test_prepare_reports_each_problem_and_keeps_the_rest(tmp_path):
+    spec, ids, dev_ids = _break_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    errors = ErrorCollector("skip")
+    res = prepare_mls(tmp_path / "corpus", out, errors=errors, progress=False)
+    # exact counts: 5 unusable train files, 1 empty dev transcript; test untouched
+    assert sorted(c.id for c in res["pl"]["train"]["cuts"]) == sorted(ids[5:])
+    assert sorted(c.id for c in res["pl"]["dev"]["cuts"]) == sorted([dev_ids[0], dev_ids[2]])
+    assert len(list(res["pl"]["test"]["cuts"])) == 3
+    # limited supervision: 9hr handles are ids[0:3] (all unusable), 1hr handles ids[3:8]
+    assert list(res["pl"]["train-9hr"]["cuts"]) == []
+    assert sorted(c.id for c in res["pl"]["train-1hr"]["cuts"]) == sorted(ids[5:])
+
+    msgs = [str(i) for i in errors.skipped]
+    tr = "mls_polish/train/transcripts.txt"
+
+    def one(*parts):
+        hits = [m for m in msgs if all(p in m for p in parts)]
+        assert len(hits) == 1, (parts, msgs)
+        return hits[0]
+
+    one(f"{tr}:1", f"audio for utterance {ids[0]} not found")
+    one(f"{ids[1]}.flac", "cannot read audio header (corrupt file or unsupported format")
+    one(f"{ids[2]}.flac", "corrupt or truncated audio")
+    one(f"{ids[3]}.flac", "empty file (0 bytes)")
+    one(f"{ids[4]}.flac", "zero-length audio")
+    one(f"{tr}:4", "no tab between utterance id and transcript (the id must be followed by a tab, not spaces)")
+    one("mls_polish/dev/transcripts.txt:2", f"empty transcript for utterance {dev_ids[1]}")
+    assert errors.num_skipped == 7
+    kept = [str(i) for i in errors.kept]
+    assert any(f"{ids[5]}.flac" in m and "sampling rate 22050 Hz, not 16000 Hz: resampled" in m for m in kept)
+    assert any(f"{ids[6]}.flac" in m and "2 channels, not mono: downmixed" in m for m in kept)
+    assert sum("limited_supervision/9hr/handles.txt" in m and "not among the usable train" in m for m in kept) == 3
+    # the JSON report lists the same
+    report = json.loads((out / "prepare_errors.json").read_text())
+    assert report["num_skipped"] == 7 and len(report["issues"]) == len(errors)
+    assert {"path", "line", "problem", "action"} <= set(report["issues"][0])
+    summary = errors.summary()
+    assert summary.startswith("7 item(s) skipped") and "no tab between utterance id and transcript" in summary
+    # the resampled and the downmixed files load as 16 kHz mono of the right length
+    cuts = {c.id: c for c in load_manifests(out, "pl", "train")}
+    from just_asr.data.audio import load_cut_audio
+
+    assert cuts[ids[5]].recording.sampling_rate == 16000
+    assert len(load_cut_audio(cuts[ids[5]])) == 8000
+    assert load_cut_audio(cuts[ids[6]]).shape == (8000,)
+
+
+def test_fail_policy_stops_with_the_first_problem(tmp_path, capsys):
+    _break_corpus(tmp_path / "corpus")
+    with pytest.raises(DataError, match=r"mls_polish/train/transcripts.txt:4: no tab between utterance id and transcript"):
+        prepare_mls(tmp_path / "corpus", tmp_path / "out", on_error="fail", progress=False)
+    assert (tmp_path / "out" / "prepare_errors.json").is_file()
+    from just_asr.cli.main import main
+
+    rc = main(["prepare-mls", str(tmp_path / "corpus"), str(tmp_path / "out2"), "--on-error", "fail", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "no tab between utterance id and transcript" in captured.err
+    rc = main(["prepare-mls", str(tmp_path / "corpus"), str(tmp_path / "out3"), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "7 item(s) skipped" in out and "pl: train: 3, train-9hr: 0, train-1hr: 3" in out
+
+
+def test_header_only_mode_misses_truncation_but_training_reports_it(tmp_path):
+    spec, ids, _ = _break_corpus(tmp_path / "corpus")
+    errors = ErrorCollector()
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", verify_audio=False, errors=errors, splits=("train",), progress=False)
+    cuts = load_manifests(tmp_path / "out", "pl", "train", lazy=False)
+    assert ids[2] in {c.id for c in cuts}  # the truncated file's header is fine
+    from just_asr.data.dataset import AsrDataset
+
+    ds_errors = ErrorCollector()
+    batch = AsrDataset(None, errors=ds_errors)[cuts]
+    assert sorted(batch["cut_ids"]) == sorted(ids[5:])
+    assert len(ds_errors.skipped) == 1 and f"{ids[2]}.flac" in str(ds_errors.skipped[0])
+    assert "truncated" in ds_errors.skipped[0].problem
+
+
+def test_load_audio_errors_and_policies(tmp_path):
+    good = write_audio(tmp_path / "good.flac", tone(0.5, 16000), 16000)
+    cases = {
+        tmp_path / "missing.flac": "audio file not found",
+        tmp_path / "empty.flac": "empty file (0 bytes)",
+        tmp_path / "corrupt.flac": "cannot read audio",
+        tmp_path / "trunc.flac": "truncated audio",
+        tmp_path / "zero.wav": "zero-length audio",
+    }
+    (tmp_path / "empty.flac").write_bytes(b"")
+    (tmp_path / "corrupt.flac").write_bytes(b"RIFF-not-really" * 5)
+    (tmp_path / "trunc.flac").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    sf.write(str(tmp_path / "zero.wav"), np.zeros(0, np.float32), 16000)
+    for path, problem in cases.items():
+        with pytest.raises(AudioError) as ei:
+            load_audio(path)
+        assert isinstance(ei.value, ValueError)
+        assert str(path) in str(ei.value) and problem in str(ei.value)
+    with pytest.raises(AudioError, match="truncated"):
+        probe_audio(tmp_path / "trunc.flac", decode=True)
+    assert probe_audio(tmp_path / "trunc.flac").num_frames == 8000  # the header alone looks fine
+    # stereo -> channel average; 8 kHz -> resampled
+    st = tone(0.25, 16000, channels=2)
+    write_audio(tmp_path / "st.wav", st, 16000, "wav")
+    y = load_audio(tmp_path / "st.wav")
+    assert y.shape == (4000,)
+    ref = sf.read(str(tmp_path / "st.wav"), dtype="float32")[0].mean(axis=1)
+    assert np.allclose(y, ref, atol=1e-6)
+    write_audio(tmp_path / "nb.wav", tone(0.5, 8000), 8000, "wav")
+    assert load_audio(tmp_path / "nb.wav").shape == (8000,)
+    write_audio(tmp_path / "low.wav", tone(0.5, 4000), 4000, "wav")
+    with pytest.raises(AudioError, match="sampling rate 4000 Hz is below the 8000 Hz minimum"):
+        load_audio(tmp_path / "low.wav")
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from just_asr.data.tokenizer import Tokenizer, train_tokenizer
+
+    texts = {iso: s * 20 for iso, s in SENTENCES.items()}
+    return Tokenizer(train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=120))
+
+
+def _corpus_with_foreign_text(root: Path):
+    spec = write_mls_corpus(root / "corpus", langs=("pl",), splits={"train": 6, "dev": 1, "test": 1}, limited=False)
+    tr = root / "corpus" / "mls_polish" / "train" / "transcripts.txt"
+    lines = tr.read_text(encoding="utf-8").splitlines()
+    bad_id = lines[2].split("\t")[0]
+    lines[2] = f"{bad_id}\tpowiedział жук €"
+    tr.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    prepare_mls(root / "corpus", root / "out", splits=("train",), progress=False)
+    return load_manifests(root / "out", "pl", "train", lazy=False), bad_id, spec
+
+
+def test_unknown_characters_in_the_dataset(tmp_path, tok):
+    from just_asr.data.dataset import AsrDataset
+
+    cuts, bad_id, spec = _corpus_with_foreign_text(tmp_path)
+    errors = ErrorCollector()
+    batch = AsrDataset(tok, errors=errors)[cuts]
+    assert len(batch["cut_ids"]) == 5 and bad_id not in batch["cut_ids"]
+    assert batch["has_text"].all()
+    assert len(errors.skipped) == 1
+    msg = str(errors.skipped[0])
+    assert f"{bad_id}.flac" in msg and "characters the tokenizer lacks" in msg
+    assert "'ж' (U+0436)" in msg and "'€' (U+20AC)" in msg
+    # as untranscribed: kept without text
+    b2 = AsrDataset(tok, on_unknown_chars="untranscribed")[cuts]
+    i = b2["cut_ids"].index(bad_id)
+    assert not b2["has_text"][i] and b2["target_lens"][i] == 0 and b2["targets"][i].eq(0).all()
+    assert int(b2["has_text"].sum()) == 5
+    # as <unk>
+    b3 = AsrDataset(tok, on_unknown_chars="unk")[cuts]
+    i = b3["cut_ids"].index(bad_id)
+    assert tok.unk_id in b3["targets"][i, : b3["target_lens"][i]].tolist()
+    with pytest.raises(DataError, match="characters the tokenizer lacks"):
+        AsrDataset(tok, on_unknown_chars="fail")[cuts]
+    # targets hold exactly the encoded text, padded with blank
+    for row, cid in enumerate(batch["cut_ids"]):
+        ids = tok.encode(spec.texts[cid])
+        n = int(batch["target_lens"][row])
+        assert batch["targets"][row, :n].tolist() == ids and batch["targets"][row, n:].eq(0).all()
+        assert batch["texts"][row] == spec.texts[cid]
+
+
+def test_unknown_characters_filtered_by_the_train_loader(tmp_path, tok):
+    from just_asr.data.loader import make_train_dataloader
+
+    cuts, bad_id, _ = _corpus_with_foreign_text(tmp_path)
+    errors = ErrorCollector()
+    dl = make_train_dataloader({"pl": cuts}, tok, max_duration=2.0, num_buckets=1, errors=errors, **FAST)
+    seen = set()
+    for batch in itertools.islice(dl, 10):
+        seen.update(batch["cut_ids"])
+    assert bad_id not in seen and len(seen) >= 3
+    assert len(errors.skipped) == 1 and bad_id in errors.skipped[0].problem
+
+
+def test_audio_removed_after_prepare_is_reported_by_the_dataset(tmp_path):
+    from just_asr.data.dataset import AsrDataset
+
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 4, "dev": 1, "test": 1}, limited=False)
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("train",), progress=False)
+    cuts = load_manifests(tmp_path / "out", "pl", "train", lazy=False)
+    gone = spec.ids[("pl", "train")][1]
+    spec.paths[gone].unlink()
+    errors = ErrorCollector()
+    batch = AsrDataset(None, errors=errors)[cuts]
+    assert len(batch["cut_ids"]) == 3 and gone not in batch["cut_ids"]
+    assert f"{gone}.flac: audio file not found" in str(errors.skipped[0])
+    shutil.rmtree(tmp_path / "corpus")
+    with pytest.raises(DataError, match="every cut of a batch of 4 was unusable"):
+        AsrDataset(None, errors=ErrorCollector())[cuts]
