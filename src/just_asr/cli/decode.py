@@ -1,0 +1,177 @@
+"""``just-asr decode --model DIR --cuts MANIFEST... --out DIR``: decode test cuts, score per language.
+
+Writes into ``OUT``:
+
+* ``hyp_<lang>.txt`` and ``ref_<lang>.txt``: ``<cut id>\\t<text>`` lines (MLS's transcript form),
+  sorted by cut id, one pair of files per language (ISO code of the cut's supervision language);
+* ``wer.md``, ``wer.json``, ``wer.png``: per-language WER and CER with S/D/I counts, the
+  unweighted average over languages and the pooled total (see :mod:`just_asr.evaluate`);
+
+and prints the Markdown table. Cuts without a reference text are decoded (their hypotheses are
+written) but not scored. Cuts whose audio cannot be read are reported on stderr and left out; the
+exit status is then 1 (the report covers the rest), 2 for unusable arguments or model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory (just-asr export)")
+    parser.add_argument("--cuts", required=True, nargs="+", metavar="MANIFEST",
+                        help="lhotse cut manifests (e.g. mls-pl_cuts_test.jsonl.gz), any number")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="search (default: greedy)")
+    parser.add_argument("--beam", type=int, default=4, help="beam size for --method beam (default: 4)")
+    parser.add_argument("--max-symbols-per-frame", type=int, default=DEFAULT_MAX_SYMBOLS_PER_FRAME,
+                        help=f"most units per encoder frame (default: {DEFAULT_MAX_SYMBOLS_PER_FRAME})")
+    parser.add_argument("--length-norm", action="store_true", help="beam search: rank by score per unit")
+    parser.add_argument("--max-duration", type=float, default=200.0,
+                        help="seconds of audio per batch (default: 200)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op CPU threads (default: torch's choice; 1 is often fastest on busy machines)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default: 0)")
+    parser.add_argument("--feature-source", choices=("auto", "precomputed", "on-the-fly"), default="auto",
+                        help="stored features when the cuts have them (auto), or always from audio")
+
+
+def _load_cuts(paths: list[str]):
+    """Read every manifest eagerly and combine them; errors name the file."""
+    from lhotse import CutSet
+
+    sets = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"{path}: cut manifest not found")
+        try:
+            cuts = CutSet.from_file(path)
+        except Exception as exc:  # lhotse raises many types for a bad manifest
+            raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
+        for c in cuts:
+            if c.id in seen:
+                raise ValueError(f"{path}: cut id {c.id!r} also appears in {seen[c.id]}")
+            seen[c.id] = str(path)
+        sets.append(cuts)
+    combined = sets[0]
+    for s in sets[1:]:
+        combined = combined + s
+    return combined
+
+
+def _write_lines(path: Path, items: list[tuple[str, str]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for cut_id, text in sorted(items):
+            fh.write(f"{cut_id}\t{text}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from just_asr.data.dataset import cut_language
+    from just_asr.data.errors import DataError
+    from just_asr.data.loader import make_eval_dataloader
+    from just_asr.evaluate import format_markdown, score_by_language, write_reports
+    from just_asr.inference import ModelDirError, Transcriber, load_model_dir
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"just-asr decode: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.max_duration <= 0:
+            raise ValueError(f"--max-duration must be positive, got {args.max_duration}")
+        loaded = load_model_dir(args.model, device=args.device)
+        transcriber = Transcriber(
+            loaded, method=args.method, beam=args.beam, max_symbols_per_frame=args.max_symbols_per_frame,
+            length_norm=args.length_norm,
+        )
+        cuts = _load_cuts(args.cuts)
+    except (ModelDirError, ValueError, OSError) as exc:
+        print(f"just-asr decode: error: {exc}", file=sys.stderr)
+        return 2
+    if len(cuts) == 0:
+        print("just-asr decode: error: the manifests hold no cuts", file=sys.stderr)
+        return 2
+    has_ref = {c.id: any(s.text is not None and s.text.strip() for s in c.supervisions) for c in cuts}
+    langs_by_id = {c.id: cut_language(c) for c in cuts}
+
+    # features without CMVN from the loader; the transcriber applies the model's own CMVN
+    loader = make_eval_dataloader(
+        cuts, None, max_duration=args.max_duration, num_workers=args.num_workers, cmvn=None,
+        feature_source=args.feature_source,
+    )
+    hyps: dict[str, str] = {}
+    refs: dict[str, str] = {}
+    audio_seconds = 0.0
+    start = time.perf_counter()
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except DataError as exc:  # a batch whose every cut was unusable: its cuts count as failed
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        texts = transcriber.transcribe_batch(batch["features"], batch["feature_lens"])
+        audio_seconds += float(batch["feature_lens"].sum()) * 0.01
+        for cut_id, ref, hyp in zip(batch["cut_ids"], batch["texts"], texts, strict=True):
+            hyps[cut_id] = hyp
+            refs[cut_id] = ref
+    elapsed = time.perf_counter() - start
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_lang: dict[str, list[str]] = {}
+    for cut_id in hyps:
+        by_lang.setdefault(langs_by_id[cut_id], []).append(cut_id)
+    for lang, ids in by_lang.items():
+        _write_lines(out / f"hyp_{lang}.txt", [(i, hyps[i]) for i in ids])
+        _write_lines(out / f"ref_{lang}.txt", [(i, refs[i]) for i in ids if has_ref[i]])
+
+    scored = sorted(i for i in hyps if has_ref[i])
+    report = score_by_language([refs[i] for i in scored], [hyps[i] for i in scored], [langs_by_id[i] for i in scored])
+    missing = sorted(set(has_ref) - set(hyps))
+    unscored = len(hyps) - len(scored)
+    info = {
+        "model": str(Path(args.model)),
+        "cuts": [str(p) for p in args.cuts],
+        "method": args.method,
+        "beam": args.beam if args.method == "beam" else 1,
+        "max_symbols_per_frame": args.max_symbols_per_frame,
+        "length_norm": bool(args.length_norm) if args.method == "beam" else False,
+        "num_cuts": len(cuts),
+        "num_decoded": len(hyps),
+        "num_scored": len(scored),
+        "num_without_reference": unscored,
+        "failed_cuts": missing,
+        "audio_seconds": round(audio_seconds, 3),
+        "decode_seconds": round(elapsed, 3),
+        "rtf": round(elapsed / audio_seconds, 5) if audio_seconds > 0 else None,
+        "encode_seconds": round(transcriber.timings["encode"], 3),
+        "search_seconds": round(transcriber.timings["search"], 3),
+    }
+    title = f"{args.method}{f' (beam {args.beam})' if args.method == 'beam' else ''} on {len(scored)} utterances"
+    write_reports(report, out, extra=info, title=title)
+    print(format_markdown(report, title), end="")
+    print(f"\nRTF {info['rtf']} ({elapsed:.2f} s for {audio_seconds:.1f} s of audio); reports in {out}", file=sys.stderr)
+    if unscored:
+        print(f"just-asr decode: {unscored} cuts have no reference text: decoded, not scored", file=sys.stderr)
+    if missing:
+        errors = getattr(loader, "errors", None)
+        for issue in errors.issues if errors is not None else []:
+            print(f"error: {issue}", file=sys.stderr)
+        print(f"just-asr decode: {len(missing)} of {len(cuts)} cuts could not be decoded (listed in wer.json); "
+              "the report covers the rest", file=sys.stderr)
+        return 1
+    return 0

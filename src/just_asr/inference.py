@@ -1,0 +1,401 @@
+"""The model directory (save/load without pickle) and the :class:`Transcriber`.
+
+A model directory holds everything needed to run a trained model, and nothing executable::
+
+    MODEL_DIR/
+      model.safetensors   weights (safetensors: a JSON header + raw tensor bytes, never unpickled)
+      config.yaml         format_version, model config, vocab_size, blank_id, feature settings,
+                          whether CMVN is used, optional ``extra`` (e.g. training step, data)
+      tokenizer.model     the SentencePiece model (copied; its JSON sidecar too when present)
+      cmvn.json           optional global CMVN statistics (see just_asr.data.features.GlobalCMVN)
+
+:func:`load_model_dir` reads ``config.yaml`` with ``yaml.safe_load``, builds ``JustModel`` from the
+config, and loads the weights with ``safetensors.torch.load_file``; no ``torch.load`` (pickle) is
+ever called. A directory whose weights file is a pickle or a ``torch.save`` archive is refused with
+a message saying so.
+
+Example::
+
+    from just_asr.inference import Transcriber, load_model_dir
+    loaded = load_model_dir("exp/tiny/model")
+    texts = Transcriber(loaded, method="beam", beam=4).transcribe_files(["a.flac", "b.opus"])
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from just_asr.data.audio import SAMPLE_RATE, AudioError, load_audio
+from just_asr.data.features import FBANK_DIM, FRAME_LENGTH, FRAME_SHIFT, GlobalCMVN, extract_fbank
+from just_asr.data.tokenizer import Tokenizer
+from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME, SearchResult, decode
+from just_asr.model import JustModel, ModelConfig
+
+#: version of the directory layout written by :func:`save_model_dir`
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+TOKENIZER_NAME = "tokenizer.model"
+TOKENIZER_SIDECAR_NAME = "tokenizer.json"
+CMVN_NAME = "cmvn.json"
+#: file names of pickled checkpoints that a model directory must not rely on
+_PICKLE_NAMES = ("model.pt", "model.pth", "model.bin", "pytorch_model.bin", "model.ckpt", "last.ckpt")
+
+
+class ModelDirError(ValueError):
+    """A model directory (or one of its files) that cannot be used; the message names the file."""
+
+
+def feature_settings() -> dict[str, Any]:
+    """The feature extraction every just-asr model is trained with (recorded in ``config.yaml``)."""
+    return {
+        "type": "fbank",
+        "num_mel_bins": FBANK_DIM,
+        "frame_length": FRAME_LENGTH,
+        "frame_shift": FRAME_SHIFT,
+        "sampling_rate": SAMPLE_RATE,
+        "dither": 0.0,
+        "snip_edges": False,
+    }
+
+
+def _config_dict(model_config: ModelConfig | dict) -> dict:
+    if isinstance(model_config, ModelConfig):
+        return model_config.to_dict()
+    if not isinstance(model_config, dict):
+        raise TypeError(f"model_config must be a ModelConfig or a dict, got {type(model_config).__name__}")
+    return ModelConfig.from_dict(model_config, source="model_config").to_dict()  # validates
+
+
+def save_model_dir(
+    out_dir: str | Path,
+    model: JustModel,
+    model_config: ModelConfig | dict,
+    tokenizer_path: str | Path,
+    cmvn: GlobalCMVN | str | Path | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a model directory (see the module docstring) and return its path.
+
+    Args:
+        out_dir: directory to create (existing files of the same names are overwritten).
+        model: the model whose weights are saved (its ``vocab_size`` is recorded).
+        model_config: the model's :class:`ModelConfig` or its ``to_dict()`` form.
+        tokenizer_path: the tokenizer ``.model`` file (or a directory holding ``tokenizer.model``).
+        cmvn: global CMVN statistics (object or ``cmvn.json`` path), or ``None``.
+        extra: any YAML-serialisable information to keep under ``extra`` in ``config.yaml``.
+    """
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    cfg = _config_dict(model_config)
+    vocab_size = int(getattr(model, "vocab_size", 0))
+    tok_src = Path(tokenizer_path)
+    if tok_src.is_dir():
+        tok_src = tok_src / TOKENIZER_NAME
+    tokenizer = Tokenizer(tok_src)  # refuses a missing or invalid tokenizer before anything is written
+    if vocab_size and tokenizer.vocab_size != vocab_size:
+        raise ModelDirError(f"{tok_src}: tokenizer has {tokenizer.vocab_size} units but the model has {vocab_size}")
+    cmvn_obj = GlobalCMVN.load(cmvn) if isinstance(cmvn, (str, Path)) else cmvn
+    if cmvn_obj is not None and cmvn_obj.dim != FBANK_DIM:
+        raise ModelDirError(f"CMVN statistics have {cmvn_obj.dim} dimensions, the features have {FBANK_DIM}")
+
+    model_cfg = getattr(model, "cfg", None)
+    if isinstance(model_cfg, ModelConfig) and model_cfg.to_dict() != cfg:
+        raise ModelDirError(f"{out}: model_config differs from the configuration the model was built with")
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out / WEIGHTS_NAME), metadata={"format": "pt", "just_asr_format_version": str(FORMAT_VERSION)})
+    if tok_src.resolve() != (out / TOKENIZER_NAME).resolve():
+        shutil.copyfile(tok_src, out / TOKENIZER_NAME)
+        sidecar = tok_src.with_name(TOKENIZER_SIDECAR_NAME)
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, out / TOKENIZER_SIDECAR_NAME)
+    if cmvn_obj is not None:
+        cmvn_obj.save(out / CMVN_NAME)
+    elif (out / CMVN_NAME).exists():
+        (out / CMVN_NAME).unlink()  # a stale file from an earlier export would silently change features
+    config = {
+        "format_version": FORMAT_VERSION,
+        "vocab_size": vocab_size or tokenizer.vocab_size,
+        "blank_id": tokenizer.blank_id,
+        "features": {**feature_settings(), "cmvn": cmvn_obj is not None},
+        "model": cfg,
+        "extra": extra or {},
+    }
+    try:
+        text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:
+        raise ModelDirError(f"{out / CONFIG_NAME}: 'extra' is not YAML-serialisable ({exc})") from None
+    (out / CONFIG_NAME).write_text(text, encoding="utf-8")
+    return out
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model_dir` returns: the model (eval mode), tokenizer, config and CMVN."""
+
+    model: JustModel
+    tokenizer: Tokenizer
+    config: dict
+    cmvn: GlobalCMVN | None
+    path: Path = field(default_factory=Path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _looks_like_pickle(head: bytes) -> str | None:
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (torch.save format)"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "a Python pickle"
+    return None
+
+
+def _read_config(path: Path) -> dict:
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ModelDirError(f"{cfg_path}: model config not found (is {path} a model directory written by just-asr export?)")
+    try:
+        config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ModelDirError(f"{cfg_path}: invalid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelDirError(f"{cfg_path}: expected a mapping at the top level")
+    for key in ("format_version", "vocab_size", "model", "features"):
+        if key not in config:
+            raise ModelDirError(f"{cfg_path}: missing key '{key}'")
+    version = config["format_version"]
+    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise ModelDirError(f"{cfg_path}: format_version {version!r} is not supported (this just-asr reads 1..{FORMAT_VERSION})")
+    if not isinstance(config["vocab_size"], int) or config["vocab_size"] < 2:
+        raise ModelDirError(f"{cfg_path}: vocab_size must be an integer >= 2, got {config['vocab_size']!r}")
+    feats = config["features"]
+    if not isinstance(feats, dict):
+        raise ModelDirError(f"{cfg_path}: 'features' must be a mapping")
+    for key, value in feature_settings().items():
+        if feats.get(key) != value:
+            raise ModelDirError(
+                f"{cfg_path}: features.{key} is {feats.get(key)!r} but this just-asr extracts {value!r}; "
+                "the model would see different features than it was trained on"
+            )
+    return config
+
+
+def _load_weights(weights: Path, device: str | torch.device) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights.is_file():
+        found = [p.name for p in weights.parent.iterdir() if p.name in _PICKLE_NAMES or p.suffix in (".pt", ".pth", ".ckpt", ".bin")]
+        hint = f"; found {', '.join(sorted(found))}, which is never loaded (pickle); convert it with just-asr export" if found else ""
+        raise ModelDirError(f"{weights}: weights file not found{hint}")
+    with open(weights, "rb") as fh:
+        head = fh.read(8)
+    kind = _looks_like_pickle(head)
+    if kind is not None:
+        raise ModelDirError(
+            f"{weights}: is {kind}, not safetensors; refusing to unpickle it (pickle can run arbitrary code). "
+            "Write model directories with just-asr export."
+        )
+    try:
+        return load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelDirError(f"{weights}: not a valid safetensors file ({exc})") from None
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory written by :func:`save_model_dir`.
+
+    Builds ``JustModel`` from ``config.yaml`` and loads ``model.safetensors`` strictly (every weight
+    must match by name and shape). Never unpickles anything. The model is returned in eval mode on
+    ``device``. Raises :class:`ModelDirError` naming the offending file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: model directory not found")
+    config = _read_config(path)
+    cfg_path = path / CONFIG_NAME
+    try:
+        model_cfg = ModelConfig.from_dict(config["model"], source=f"{cfg_path} (model)")
+    except (ValueError, TypeError) as exc:
+        raise ModelDirError(str(exc)) from None
+    vocab_size = int(config["vocab_size"])
+    tokenizer = Tokenizer(path / TOKENIZER_NAME)
+    if tokenizer.vocab_size != vocab_size:
+        raise ModelDirError(f"{path / TOKENIZER_NAME}: tokenizer has {tokenizer.vocab_size} units but {cfg_path} says vocab_size {vocab_size}")
+    state = _load_weights(path / WEIGHTS_NAME, device)
+    model = JustModel(model_cfg, vocab_size)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelDirError(
+            f"{path / WEIGHTS_NAME}: weights do not match {cfg_path}: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelDirError(
+                f"{path / WEIGHTS_NAME}: '{name}' has shape {tuple(tensor.shape)}, the config needs {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    cmvn = None
+    if config["features"].get("cmvn"):
+        if not (path / CMVN_NAME).is_file():
+            raise ModelDirError(f"{path / CMVN_NAME}: missing, but {cfg_path} says the model uses CMVN")
+        cmvn = GlobalCMVN.load(path / CMVN_NAME)
+        if cmvn.dim != FBANK_DIM:
+            raise ModelDirError(f"{path / CMVN_NAME}: has {cmvn.dim} dimensions, the features have {FBANK_DIM}")
+    return LoadedModel(model=model, tokenizer=tokenizer, config=config, cmvn=cmvn, path=path)
+
+
+@dataclass
+class FileResult:
+    """Result of transcribing one file: ``text``, or ``error`` (a message naming the file)."""
+
+    path: str
+    text: str | None
+    error: str | None = None
+
+
+class Transcriber:
+    """Turn audio (files or fbank batches) into text with a loaded model.
+
+    Args:
+        loaded: from :func:`load_model_dir`.
+        method: ``"greedy"`` or ``"beam"``.
+        beam: beam size (beam search only).
+        max_symbols_per_frame: most units emitted per encoder frame.
+        length_norm, merge: beam search options (see :func:`just_asr.decode.beam_search`).
+        max_batch_frames: most fbank frames (padding included) in one batch of ``transcribe_files``
+          (10 ms each: the default is 2 minutes of audio).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        method: str = "greedy",
+        beam: int = 4,
+        max_symbols_per_frame: int = DEFAULT_MAX_SYMBOLS_PER_FRAME,
+        length_norm: bool = False,
+        merge: str = "max",
+        max_batch_frames: int = 12000,
+    ) -> None:
+        if method not in ("greedy", "beam"):
+            raise ValueError(f"unknown decoding method {method!r}; use 'greedy' or 'beam'")
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1; got {beam}")
+        if max_batch_frames < 1:
+            raise ValueError(f"max_batch_frames must be >= 1; got {max_batch_frames}")
+        self.loaded = loaded
+        self.method = method
+        self.beam = beam
+        self.max_symbols_per_frame = max_symbols_per_frame
+        self.length_norm = length_norm
+        self.merge = merge
+        self.max_batch_frames = max_batch_frames
+        #: seconds spent in the encoder and in the search by the calls so far (for RTF reports)
+        self.timings = {"encode": 0.0, "search": 0.0}
+
+    @property
+    def model(self) -> JustModel:
+        return self.loaded.model
+
+    @torch.no_grad()
+    def decode_batch(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> SearchResult:
+        """Decode a batch of fbank features into unit ids.
+
+        Args:
+            features: ``(B, T, 80)`` float fbank as :func:`just_asr.data.features.extract_fbank`
+              gives (zero-padded); CMVN is applied here when the model has it and ``apply_cmvn``.
+            lens: ``(B,)`` valid frames per row.
+            apply_cmvn: ``False`` when ``features`` are already normalised (e.g. by the data loader).
+        """
+        if features.dim() != 3 or features.shape[-1] != FBANK_DIM:
+            raise ValueError(f"features must be (B, T, {FBANK_DIM}); got shape {tuple(features.shape)}")
+        if lens.dim() != 1 or lens.shape[0] != features.shape[0]:
+            raise ValueError(f"lens must be (B,) with B={features.shape[0]}; got shape {tuple(lens.shape)}")
+        model = self.model
+        if model.training:
+            model.eval()
+        device = self.loaded.device
+        features = features.to(device, torch.float32)
+        lens = lens.to(device, torch.int64)
+        if apply_cmvn and self.loaded.cmvn is not None:
+            features = self.loaded.cmvn.apply(features, lens)
+        start = time.perf_counter()
+        enc, enc_lens = model.encode(features, lens)
+        mid = time.perf_counter()
+        result = decode(
+            model.predictor, model.joiner, enc, enc_lens, blank_id=self.loaded.tokenizer.blank_id,
+            method=self.method, beam=self.beam, max_symbols_per_frame=self.max_symbols_per_frame,
+            length_norm=self.length_norm, merge=self.merge,
+        )
+        end = time.perf_counter()
+        self.timings["encode"] += mid - start
+        self.timings["search"] += end - mid
+        return result
+
+    def transcribe_batch(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> list[str]:
+        """``features: (B, T, 80)``, ``lens: (B,)`` -> ``B`` texts (see :meth:`decode_batch`)."""
+        result = self.decode_batch(features, lens, apply_cmvn=apply_cmvn)
+        return [self.loaded.tokenizer.decode(t) for t in result.tokens]
+
+    def transcribe_each(self, paths: Sequence[str | Path]) -> list[FileResult]:
+        """Transcribe files one result per path, in order; a file that cannot be read gets an
+        ``error`` (naming the file) instead of stopping the others."""
+        results: list[FileResult] = [FileResult(str(p), None) for p in paths]
+        feats: dict[int, Tensor] = {}
+        for i, p in enumerate(paths):
+            try:
+                f = extract_fbank(load_audio(p, SAMPLE_RATE), SAMPLE_RATE)
+            except (AudioError, ValueError, OSError) as exc:
+                msg = str(exc)
+                results[i].error = msg if str(p) in msg else f"{p}: {msg}"
+                continue
+            if f.shape[0] == 0:
+                results[i].error = f"{p}: audio too short for a single feature frame"
+                continue
+            feats[i] = f
+        order = sorted(feats, key=lambda i: -feats[i].shape[0])
+        batch: list[int] = []
+        for i in order + [None]:  # type: ignore[list-item]
+            if i is not None:
+                longest = feats[batch[0]].shape[0] if batch else feats[i].shape[0]
+                if not batch or longest * (len(batch) + 1) <= self.max_batch_frames:
+                    batch.append(i)
+                    continue
+            if batch:
+                lens = torch.tensor([feats[j].shape[0] for j in batch], dtype=torch.int64)
+                padded = torch.zeros(len(batch), int(lens.max()), FBANK_DIM)
+                for row, j in enumerate(batch):
+                    padded[row, : feats[j].shape[0]] = feats[j]
+                for j, text in zip(batch, self.transcribe_batch(padded, lens), strict=True):
+                    results[j].text = text
+            batch = [i] if i is not None else []
+        return results
+
+    def transcribe_files(self, paths: Sequence[str | Path]) -> list[str]:
+        """One text per file (wav/flac/opus/mp3..., any rate, resampled to 16 kHz).
+
+        Raises :class:`~just_asr.data.audio.AudioError`-style ``ValueError`` naming the first file
+        that cannot be read; use :meth:`transcribe_each` to carry on past bad files.
+        """
+        results = self.transcribe_each(paths)
+        for r in results:
+            if r.error is not None:
+                raise ValueError(r.error)
+        return [r.text or "" for r in results]

@@ -1,0 +1,363 @@
+"""Tests for the model directory (save/load without pickle), the Transcriber and the ``decode`` /
+``transcribe`` commands, with a randomly initialised tiny JustModel."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from just_asr.cli.main import main
+from just_asr.data.audio import load_audio
+from just_asr.data.features import GlobalCMVN, extract_fbank
+from just_asr.data.tokenizer import train_tokenizer
+from just_asr.decode import greedy_search
+from just_asr.evaluate import score_by_language
+from just_asr.inference import ModelDirError, Transcriber, load_model_dir, save_model_dir
+from just_asr.model import JustModel, ModelConfig
+
+TINY = {
+    "frontend": {"conv_channels": 8},
+    "encoder": {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 5,
+                "left_max_position": 8, "right_max_position": 2},
+    "quantizer": {"codebook_size": 16, "code_dim": 32},
+    "contrastive": {"num_layers": 1, "final_dim": 16, "num_distractors": 4},
+    "mlm": {"num_layers": 1},
+    "decoder": {"embed_dim": 16, "hidden_dim": 24, "joint_dim": 24},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many tiny tensor ops: one intra-op thread is much faster on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    texts = {
+        "en": ["the quick brown fox jumps over the lazy dog", "hello world this is a test"] * 5,
+        "pl": ["zażółć gęślą jaźń", "więc czego chcecie odemnie spytałem"] * 5,
+    }
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=60, required_langs=["en", "pl"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer_path):
+    from just_asr.data.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(TINY)
+    model = JustModel(cfg, Tokenizer(tokenizer_path).vocab_size).eval()
+    with torch.no_grad():  # make emissions likelier than blank so texts are not all empty
+        model.joiner.output.bias[0] -= 1.0
+    return model, cfg
+
+
+@pytest.fixture(scope="module")
+def cmvn():
+    g = torch.Generator().manual_seed(1)
+    return GlobalCMVN(torch.randn(80, generator=g) * 2 - 8, torch.rand(80, generator=g) + 0.5, count=1000)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_model, tokenizer_path, cmvn):
+    model, cfg = tiny_model
+    out = tmp_path_factory.mktemp("model") / "dir"
+    save_model_dir(out, model, cfg.to_dict(), tokenizer_path, cmvn=cmvn, extra={"step": 7})
+    return out
+
+
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory):
+    """A 16 kHz sine WAV, a 44.1 kHz stereo noise FLAC, a 48 kHz Opus chirp and a 22.05 kHz MP3 tone."""
+    root = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    wav = root / "sine.wav"
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 16000)
+    flac = root / "noise.flac"
+    sf.write(flac, (0.1 * rng.standard_normal((30870, 2))).astype(np.float32), 44100, subtype="PCM_16")
+    t48 = np.arange(24000) / 48000
+    opus = root / "chirp.opus"
+    sf.write(opus, (0.3 * np.sin(2 * np.pi * (200 + 800 * t48) * t48)).astype(np.float32), 48000,
+             format="OGG", subtype="OPUS")
+    mp3 = root / "tone.mp3"
+    t22 = np.arange(17640) / 22050
+    sf.write(mp3, (0.3 * np.sin(2 * np.pi * 440 * t22) * (t22 < 0.5)).astype(np.float32), 22050, format="MP3")
+    return [wav, flac, opus, mp3]
+
+
+def _features(paths):
+    feats = [extract_fbank(load_audio(p), 16000) for p in paths]
+    lens = torch.tensor([f.shape[0] for f in feats])
+    padded = torch.zeros(len(feats), int(lens.max()), 80)
+    for i, f in enumerate(feats):
+        padded[i, : f.shape[0]] = f
+    return padded, lens
+
+
+# ---------------------------------------------------------------------------------------------
+# model directory
+
+
+def test_save_load_gives_identical_model_and_outputs(model_dir, tiny_model, cmvn, audio_files):
+    model, cfg = tiny_model
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert names == ["cmvn.json", "config.yaml", "model.safetensors", "tokenizer.json", "tokenizer.model"]
+    config = yaml.safe_load((model_dir / "config.yaml").read_text())
+    assert config["format_version"] == 1 and config["vocab_size"] == model.vocab_size
+    assert config["features"]["num_mel_bins"] == 80 and config["features"]["cmvn"] is True
+    assert config["extra"] == {"step": 7} and config["model"] == cfg.to_dict()
+
+    loaded = load_model_dir(model_dir)
+    assert not loaded.model.training
+    assert loaded.model.cfg == cfg
+    ref_state, new_state = model.state_dict(), loaded.model.state_dict()
+    assert set(ref_state) == set(new_state)
+    assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
+    assert torch.equal(loaded.cmvn.mean, cmvn.mean) and torch.equal(loaded.cmvn.std, cmvn.std)
+    assert loaded.tokenizer.vocab_size == model.vocab_size
+
+    feats, lens = _features(audio_files)
+    x = cmvn.apply(feats, lens)
+    with torch.no_grad():
+        enc_a, lens_a = model.encode(x, lens)
+        enc_b, lens_b = loaded.model.encode(x, lens)
+    assert torch.equal(lens_a, lens_b) and torch.equal(enc_a, enc_b)
+    ref = greedy_search(model.predictor, model.joiner, enc_a, lens_a)
+    got = Transcriber(loaded).decode_batch(feats, lens)
+    assert got.tokens == ref.tokens and got.scores == ref.scores
+    assert sum(len(t) for t in ref.tokens) > 0
+
+
+def test_pickle_weights_are_refused(model_dir, tmp_path, tiny_model):
+    import shutil
+
+    model, _ = tiny_model
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    # a torch.save archive planted under the safetensors name
+    torch.save(model.state_dict(), bad / "model.safetensors")
+    with pytest.raises(ModelDirError, match=r"model\.safetensors: is a zip archive .*refusing to unpickle"):
+        load_model_dir(bad)
+    # a plain pickle (which could run code when loaded)
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
+    with pytest.raises(ModelDirError, match="is a Python pickle, not safetensors; refusing to unpickle"):
+        load_model_dir(bad)
+    # random bytes
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + b"\x00" * 20)
+    with pytest.raises(ModelDirError, match="not a valid safetensors file"):
+        load_model_dir(bad)
+    # no safetensors at all, only a pickled checkpoint: refused, and the message says why
+    (bad / "model.safetensors").unlink()
+    torch.save(model.state_dict(), bad / "model.pt")
+    with pytest.raises(ModelDirError, match=r"weights file not found; found model\.pt, which is never loaded"):
+        load_model_dir(bad)
+
+
+def test_config_mismatches_are_clear_errors(model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    cfg_path = bad / "config.yaml"
+    config = yaml.safe_load(cfg_path.read_text())
+
+    config["model"]["decoder"]["hidden_dim"] = 20
+    cfg_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelDirError, match=r"model\.safetensors: '[a-z_.]+' has shape \(24, 24\), the config needs \(24, 20\)"):
+        load_model_dir(bad)
+
+    config["model"]["decoder"]["hidden_dim"] = 24
+    config["features"]["frame_shift"] = 0.02
+    cfg_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelDirError, match=r"config\.yaml: features\.frame_shift is 0\.02"):
+        load_model_dir(bad)
+
+    config["features"]["frame_shift"] = 0.01
+    config["format_version"] = 99
+    cfg_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelDirError, match="format_version 99 is not supported"):
+        load_model_dir(bad)
+
+    config["format_version"] = 1
+    config["model"]["encoder"]["bogus"] = 1
+    cfg_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ModelDirError, match="unknown key 'encoder.bogus'"):
+        load_model_dir(bad)
+
+    with pytest.raises(ModelDirError, match="model directory not found"):
+        load_model_dir(tmp_path / "nowhere")
+
+
+def test_save_refuses_wrong_tokenizer(tiny_model, tmp_path, tokenizer_path):
+    model, cfg = tiny_model
+    other = train_tokenizer({"en": ["abc def ghi"] * 3}, tmp_path / "tok2", vocab_size=35, required_langs=["en"])
+    with pytest.raises(ModelDirError, match="tokenizer has .* units but the model has"):
+        save_model_dir(tmp_path / "m", model, cfg, other)
+    other_cfg = ModelConfig.from_dict({**TINY, "decoder": {**TINY["decoder"], "hidden_dim": 20}})
+    with pytest.raises(ModelDirError, match="differs from the configuration the model was built with"):
+        save_model_dir(tmp_path / "m", model, other_cfg, tokenizer_path)
+    # a directory written without CMVN has no cmvn.json and loads with cmvn None
+    out = save_model_dir(tmp_path / "m2", model, cfg, tokenizer_path)
+    assert not (out / "cmvn.json").exists()
+    assert load_model_dir(out).cmvn is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Transcriber
+
+
+def test_transcribe_files_returns_one_string_per_file(model_dir, audio_files):
+    loaded = load_model_dir(model_dir)
+    tr = Transcriber(loaded)
+    texts = tr.transcribe_files(audio_files)
+    assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+    # same as decoding the features of the same files directly (one padded batch)
+    feats, lens = _features(audio_files)
+    assert texts == tr.transcribe_batch(feats, lens)
+    assert any(texts)
+    # tiny batches (one file each) give the same texts
+    assert Transcriber(loaded, max_batch_frames=1).transcribe_files(audio_files) == texts
+    beam_texts = Transcriber(loaded, method="beam", beam=3).transcribe_files(audio_files)
+    assert len(beam_texts) == 4 and all(isinstance(t, str) for t in beam_texts)
+
+
+def test_transcriber_applies_cmvn(model_dir, audio_files, cmvn):
+    loaded = load_model_dir(model_dir)
+    tr = Transcriber(loaded)
+    feats, lens = _features(audio_files[:2])
+    raw = tr.decode_batch(feats, lens)
+    pre = tr.decode_batch(cmvn.apply(feats, lens), lens, apply_cmvn=False)
+    assert raw.tokens == pre.tokens and raw.scores == pytest.approx(pre.scores, abs=1e-4)
+    unnormalised = tr.decode_batch(feats, lens, apply_cmvn=False)
+    assert unnormalised.scores != pytest.approx(raw.scores, abs=1e-3)
+
+
+def test_bad_files_are_reported_and_others_continue(model_dir, audio_files, tmp_path):
+    bad = tmp_path / "broken.wav"
+    bad.write_text("this is not audio")
+    missing = tmp_path / "missing.flac"
+    tr = Transcriber(load_model_dir(model_dir))
+    results = tr.transcribe_each([audio_files[0], bad, missing, audio_files[1]])
+    assert [r.error is None for r in results] == [True, False, False, True]
+    assert str(bad) in results[1].error and str(missing) in results[2].error
+    assert results[0].text == tr.transcribe_files([audio_files[0]])[0]
+    with pytest.raises(ValueError, match="broken.wav"):
+        tr.transcribe_files([audio_files[0], bad])
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def test_transcribe_command(model_dir, audio_files, tmp_path, capsys):
+    expected = Transcriber(load_model_dir(model_dir)).transcribe_files(audio_files)
+    rc = main(["transcribe", "--model", str(model_dir), *map(str, audio_files)])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert out == [f"{p}\t{t}" for p, t in zip(audio_files, expected)]
+
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"\x00" * 100)
+    rc = main(["transcribe", "--model", str(model_dir), "--json", str(audio_files[0]), str(bad)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    items = json.loads(captured.out)
+    assert items[0] == {"file": str(audio_files[0]), "text": expected[0]}
+    assert items[1]["file"] == str(bad) and items[1]["text"] is None and str(bad) in items[1]["error"]
+    assert f"error: {bad}" in captured.err
+
+    rc = main(["transcribe", "--model", str(tmp_path / "nope"), str(audio_files[0])])
+    assert rc == 2 and "model directory not found" in capsys.readouterr().err
+
+
+def _write_cuts(path, items):
+    """A cut manifest over ``items = [(cut id, audio path, text, language)]``."""
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+
+    cuts = []
+    for cid, audio, text, lang in items:
+        rec = Recording.from_file(audio, recording_id=cid)
+        sup = SupervisionSegment(id=cid, recording_id=cid, start=0.0, duration=rec.duration, text=text, language=lang)
+        cuts.append(MonoCut(id=cid, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup]))
+    CutSet.from_cuts(cuts).to_file(path)
+    return path
+
+
+def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp_path, capsys):
+    import shutil
+
+    wavs = []
+    for i in range(4):  # 16 kHz mono copies so the manifests' durations are exact
+        p = tmp_path / f"utt{i}.wav"
+        x, sr = sf.read(audio_files[0]) if i % 2 == 0 else (load_audio(audio_files[1]), 16000)
+        sf.write(p, x[: 16000 - 2000 * i], sr)
+        wavs.append(p)
+    shutil.copy(wavs[0], tmp_path / "extra.wav")
+    m_pl = _write_cuts(tmp_path / "mls-pl_cuts_test.jsonl.gz", [
+        ("1_2_000001", wavs[0], "więc czego", "pl"),
+        ("1_2_000002", wavs[1], "zażółć gęślą jaźń", "polish"),
+    ])
+    m_en = _write_cuts(tmp_path / "mls-en_cuts_test.jsonl.gz", [
+        ("3_4_000001", wavs[2], "hello world", "en"),
+        ("3_4_000002", wavs[3], "the lazy dog", "en"),
+    ])
+    out = tmp_path / "out"
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_pl), str(m_en), "--out", str(out),
+               "--max-duration", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    texts = Transcriber(load_model_dir(model_dir)).transcribe_files(wavs)
+    hyp_pl = (out / "hyp_pl.txt").read_text(encoding="utf-8").splitlines()
+    assert hyp_pl == [f"1_2_000001\t{texts[0]}", f"1_2_000002\t{texts[1]}"]
+    assert (out / "hyp_en.txt").read_text().splitlines() == [f"3_4_000001\t{texts[2]}", f"3_4_000002\t{texts[3]}"]
+    assert (out / "ref_pl.txt").read_text(encoding="utf-8").splitlines() == [
+        "1_2_000001\twięc czego", "1_2_000002\tzażółć gęślą jaźń"]
+    expected = score_by_language(["więc czego", "zażółć gęślą jaźń", "hello world", "the lazy dog"], texts,
+                                 ["pl", "pl", "en", "en"])
+    data = json.loads((out / "wer.json").read_text())
+    assert [l["language"] for l in data["languages"]] == ["en", "pl"]
+    for got, exp in zip(data["languages"], expected.languages):
+        assert got["words"]["substitutions"] == exp.words.substitutions
+        assert got["words"]["deletions"] == exp.words.deletions
+        assert got["words"]["insertions"] == exp.words.insertions
+        assert got["wer"] == pytest.approx(exp.wer)
+        assert got["cer"] == pytest.approx(exp.cer)
+    assert data["average"]["wer"] == pytest.approx(expected.average_wer)
+    assert data["info"]["num_scored"] == 4 and data["info"]["failed_cuts"] == []
+    assert (out / "wer.png").read_bytes()[:4] == b"\x89PNG"
+    assert captured.out == (out / "wer.md").read_text(encoding="utf-8")  # the printed table is the report
+    assert captured.out.startswith("## greedy on 4 utterances")
+    assert "| pl |" in captured.out and "| en |" in captured.out
+
+    # beam search through the command equals the Transcriber's beam search
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(tmp_path / "ob"),
+               "--method", "beam", "--beam", "2", "--threads", "1"])
+    assert rc == 0 and "## beam (beam 2) on 2 utterances" in capsys.readouterr().out
+    beam_texts = Transcriber(load_model_dir(model_dir), method="beam", beam=2).transcribe_files(wavs[2:])
+    assert (tmp_path / "ob" / "hyp_en.txt").read_text().splitlines() == [
+        f"3_4_000001\t{beam_texts[0]}", f"3_4_000002\t{beam_texts[1]}"]
+    assert json.loads((tmp_path / "ob" / "wer.json").read_text())["info"]["beam"] == 2
+
+    # a manifest whose audio went missing: the rest is still scored, exit status 1
+    (tmp_path / "extra.wav").rename(tmp_path / "gone.wav")
+    m_bad = _write_cuts(tmp_path / "bad.jsonl.gz", [("5_6_000001", tmp_path / "gone.wav", "hello", "en")])
+    (tmp_path / "gone.wav").unlink()
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), str(m_bad), "--out", str(tmp_path / "o2")])
+    captured = capsys.readouterr()
+    assert rc == 1 and "gone.wav" in captured.err
+    data = json.loads((tmp_path / "o2" / "wer.json").read_text())
+    assert data["info"]["failed_cuts"] == ["5_6_000001"] and data["info"]["num_scored"] == 2
+
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(tmp_path / "none.jsonl.gz"), "--out", str(out)])
+    assert rc == 2 and "none.jsonl.gz: cut manifest not found" in capsys.readouterr().err
