@@ -4,8 +4,9 @@ A model directory holds everything needed to run a trained model, and nothing ex
 
     MODEL_DIR/
       model.safetensors   weights (safetensors: a JSON header + raw tensor bytes, never unpickled)
-      config.yaml         format_version, model config, vocab_size, blank_id, feature settings,
-                          whether CMVN is used, optional ``extra`` (e.g. training step, data)
+      config.yaml         format_version, model config, vocab_size, blank_id, feature settings
+                          (the recipe the model was trained with), whether CMVN is used,
+                          optional ``extra`` (e.g. training step, data)
       tokenizer.model     the SentencePiece model (copied; its JSON sidecar too when present)
       cmvn.json           optional global CMVN statistics (see just_asr.data.features.GlobalCMVN)
 
@@ -13,6 +14,21 @@ A model directory holds everything needed to run a trained model, and nothing ex
 config, and loads the weights with ``safetensors.torch.load_file``; no ``torch.load`` (pickle) is
 ever called. A directory whose weights file is a pickle or a ``torch.save`` archive is refused with
 a message saying so.
+
+Feature recipes. ``features.type`` in ``config.yaml`` names one of two recipes, and every other
+setting under ``features`` must equal what this just-asr extracts for it (else loading is refused,
+naming the setting):
+
+* ``fbank``: lhotse's Kaldi fbank (:func:`feature_settings`), optional global CMVN; the recipe of
+  every model trained from scratch;
+* ``seamless_fbank``: the SeamlessM4T / w2v-BERT 2.0 recipe
+  (:func:`just_asr.data.seamless_features.seamless_feature_settings`), never with CMVN; written by
+  ``just-asr import-w2v-bert`` and by ``save_model_dir(..., features="seamless")`` for a model
+  fine-tuned from such an import.
+
+:class:`Transcriber` extracts the recipe the directory names (``LoadedModel.extract_features``);
+code that builds batches itself (``just-asr decode``) passes ``LoadedModel.feature_source`` to the
+data loader.
 
 Example::
 
@@ -34,8 +50,17 @@ import torch
 import yaml
 from torch import Tensor
 
+from just_asr.data import seamless_features
 from just_asr.data.audio import SAMPLE_RATE, AudioError, load_audio
-from just_asr.data.features import FBANK_DIM, FRAME_LENGTH, FRAME_SHIFT, GlobalCMVN, extract_fbank
+from just_asr.data.features import (
+    FBANK_DIM,
+    FRAME_LENGTH,
+    FRAME_SHIFT,
+    SEAMLESS_SOURCE,
+    GlobalCMVN,
+    check_feature_source,
+    extract_fbank,
+)
 from just_asr.data.tokenizer import Tokenizer
 from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME, SearchResult, decode
 from just_asr.model import JustModel, ModelConfig
@@ -55,10 +80,14 @@ class ModelDirError(ValueError):
     """A model directory (or one of its files) that cannot be used; the message names the file."""
 
 
+#: ``features.type`` of the lhotse fbank recipe
+FBANK_FEATURE_TYPE = "fbank"
+
+
 def feature_settings() -> dict[str, Any]:
-    """The feature extraction every just-asr model is trained with (recorded in ``config.yaml``)."""
+    """The lhotse fbank recipe (``features.type: fbank``), as recorded in ``config.yaml``."""
     return {
-        "type": "fbank",
+        "type": FBANK_FEATURE_TYPE,
         "num_mel_bins": FBANK_DIM,
         "frame_length": FRAME_LENGTH,
         "frame_shift": FRAME_SHIFT,
@@ -66,6 +95,47 @@ def feature_settings() -> dict[str, Any]:
         "dither": 0.0,
         "snip_edges": False,
     }
+
+
+def feature_recipes() -> dict[str, dict[str, Any]]:
+    """Every recipe a model directory may name: ``features.type`` -> its settings."""
+    return {
+        FBANK_FEATURE_TYPE: feature_settings(),
+        seamless_features.FEATURE_TYPE: seamless_features.seamless_feature_settings(),
+    }
+
+
+def feature_settings_for_source(feature_source: str | None) -> dict[str, Any]:
+    """The recipe a data ``feature_source`` trains with: the SeamlessM4T settings for
+    ``"seamless"``, the lhotse fbank settings for ``auto``/``precomputed``/``on-the-fly``/``None``."""
+    if feature_source is None:
+        return feature_settings()
+    if check_feature_source(feature_source) == SEAMLESS_SOURCE:
+        return seamless_features.seamless_feature_settings()
+    return feature_settings()
+
+
+def _resolve_features(features: dict[str, Any] | str | None) -> dict[str, Any]:
+    """``save_model_dir``'s ``features`` argument -> a known recipe (a copy), or ``ModelDirError``."""
+    if features is None or isinstance(features, str):
+        try:
+            return feature_settings_for_source(features)
+        except ValueError as exc:
+            raise ModelDirError(f"features: {exc}") from None
+    if not isinstance(features, dict):
+        raise TypeError(f"features must be a dict, a feature source name or None, got {type(features).__name__}")
+    given = {k: v for k, v in features.items() if k != "cmvn"}  # a loaded config's features carry 'cmvn'
+    recipes = feature_recipes()
+    ftype = given.get("type")
+    if ftype not in recipes:
+        raise ModelDirError(f"features: type {ftype!r} is not a recipe this just-asr extracts ({', '.join(recipes)})")
+    for key, value in recipes[ftype].items():
+        if given.get(key) != value:
+            raise ModelDirError(f"features: {key} is {given.get(key)!r} but the {ftype} recipe has {value!r}")
+    unknown = sorted(set(given) - set(recipes[ftype]))
+    if unknown:
+        raise ModelDirError(f"features: unknown settings {unknown} for the {ftype} recipe")
+    return dict(recipes[ftype])
 
 
 def _config_dict(model_config: ModelConfig | dict) -> dict:
@@ -83,6 +153,7 @@ def save_model_dir(
     tokenizer_path: str | Path,
     cmvn: GlobalCMVN | str | Path | None = None,
     extra: dict | None = None,
+    features: dict[str, Any] | str | None = None,
 ) -> Path:
     """Write a model directory (see the module docstring) and return its path.
 
@@ -93,6 +164,12 @@ def save_model_dir(
         tokenizer_path: the tokenizer ``.model`` file (or a directory holding ``tokenizer.model``).
         cmvn: global CMVN statistics (object or ``cmvn.json`` path), or ``None``.
         extra: any YAML-serialisable information to keep under ``extra`` in ``config.yaml``.
+        features: the feature recipe the model was trained with, recorded under ``features``:
+            ``None`` (default) for lhotse fbank; a data ``feature_source`` name (``"seamless"``
+            for the SeamlessM4T recipe of a fine-tuned w2v-BERT 2.0 import; ``"auto"``,
+            ``"precomputed"``, ``"on-the-fly"`` for lhotse fbank); or a recipe dict equal to
+            :func:`feature_settings` or ``seamless_feature_settings()`` (a ``cmvn`` key in it is
+            ignored: ``cmvn`` decides). CMVN together with the SeamlessM4T recipe is refused.
     """
     from safetensors.torch import save_model
 
@@ -105,7 +182,11 @@ def save_model_dir(
     tokenizer = Tokenizer(tok_src)  # refuses a missing or invalid tokenizer before anything is written
     if vocab_size and tokenizer.vocab_size != vocab_size:
         raise ModelDirError(f"{tok_src}: tokenizer has {tokenizer.vocab_size} units but the model has {vocab_size}")
+    recipe = _resolve_features(features)
     cmvn_obj = GlobalCMVN.load(cmvn) if isinstance(cmvn, (str, Path)) else cmvn
+    if cmvn_obj is not None and recipe["type"] != FBANK_FEATURE_TYPE:
+        raise ModelDirError(f"{out}: global CMVN cannot be saved with the {recipe['type']} features, which are "
+                            "normalised per utterance")
     if cmvn_obj is not None and cmvn_obj.dim != FBANK_DIM:
         raise ModelDirError(f"CMVN statistics have {cmvn_obj.dim} dimensions, the features have {FBANK_DIM}")
 
@@ -128,7 +209,7 @@ def save_model_dir(
         "format_version": FORMAT_VERSION,
         "vocab_size": vocab_size or tokenizer.vocab_size,
         "blank_id": tokenizer.blank_id,
-        "features": {**feature_settings(), "cmvn": cmvn_obj is not None},
+        "features": {**recipe, "cmvn": cmvn_obj is not None},
         "model": cfg,
         "extra": extra or {},
     }
@@ -153,6 +234,33 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def feature_type(self) -> str:
+        """``features.type`` of the directory: ``"fbank"`` or ``"seamless_fbank"``."""
+        return str(self.config["features"]["type"])
+
+    @property
+    def feature_source(self) -> str | None:
+        """The data ``feature_source`` this model needs: ``"seamless"`` for the SeamlessM4T
+        recipe, ``None`` for lhotse fbank (any of ``auto``/``precomputed``/``on-the-fly``)."""
+        return SEAMLESS_SOURCE if self.feature_type == seamless_features.FEATURE_TYPE else None
+
+    def extract_features(self, samples, sampling_rate: int) -> Tensor:
+        """Features of one utterance in this model's recipe, before CMVN.
+
+        Args:
+            samples: ``(N,)`` or ``(N, C)`` float waveform (channels averaged, resampled to 16 kHz).
+            sampling_rate: rate of ``samples``.
+
+        Returns:
+            float32 ``(T, 80)``: :func:`just_asr.data.features.extract_fbank` (``T = (N + 80) //
+            160``) or :func:`just_asr.data.seamless_features.seamless_fbank` (``T = 1 + (N - 400) //
+            160``; ``ValueError`` below 560 samples).
+        """
+        if self.feature_source == SEAMLESS_SOURCE:
+            return seamless_features.seamless_fbank(samples, sampling_rate)
+        return extract_fbank(samples, sampling_rate)
 
 
 def _looks_like_pickle(head: bytes) -> str | None:
@@ -184,12 +292,22 @@ def _read_config(path: Path) -> dict:
     feats = config["features"]
     if not isinstance(feats, dict):
         raise ModelDirError(f"{cfg_path}: 'features' must be a mapping")
-    for key, value in feature_settings().items():
+    recipes = feature_recipes()
+    ftype = feats.get("type")
+    if ftype not in recipes:
+        raise ModelDirError(
+            f"{cfg_path}: features.type is {ftype!r} but this just-asr extracts only "
+            f"{' or '.join(repr(t) for t in recipes)}; the model would see different features than it was trained on"
+        )
+    for key, value in recipes[ftype].items():
         if feats.get(key) != value:
             raise ModelDirError(
-                f"{cfg_path}: features.{key} is {feats.get(key)!r} but this just-asr extracts {value!r}; "
-                "the model would see different features than it was trained on"
+                f"{cfg_path}: features.{key} is {feats.get(key)!r} but this just-asr extracts {value!r} "
+                f"for features.type {ftype!r}; the model would see different features than it was trained on"
             )
+    if ftype != FBANK_FEATURE_TYPE and feats.get("cmvn"):
+        raise ModelDirError(f"{cfg_path}: features.cmvn is true, but {ftype} features are normalised per utterance "
+                            "and never take global CMVN")
     return config
 
 
@@ -272,7 +390,10 @@ class FileResult:
 
 
 class Transcriber:
-    """Turn audio (files or fbank batches) into text with a loaded model.
+    """Turn audio (files or feature batches) into text with a loaded model.
+
+    Files are featurised with the recipe the model directory names (lhotse fbank, or the
+    SeamlessM4T recipe for a w2v-BERT 2.0 import: ``loaded.extract_features``).
 
     Args:
         loaded: from :func:`load_model_dir`.
@@ -280,8 +401,8 @@ class Transcriber:
         beam: beam size (beam search only).
         max_symbols_per_frame: most units emitted per encoder frame.
         length_norm, merge: beam search options (see :func:`just_asr.decode.beam_search`).
-        max_batch_frames: most fbank frames (padding included) in one batch of ``transcribe_files``
-          (10 ms each: the default is 2 minutes of audio).
+        max_batch_frames: most feature frames (padding included) in one batch of ``transcribe_files``
+          (10 ms each in both recipes: the default is 2 minutes of audio).
     """
 
     def __init__(
@@ -316,11 +437,14 @@ class Transcriber:
 
     @torch.no_grad()
     def decode_batch(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> SearchResult:
-        """Decode a batch of fbank features into unit ids.
+        """Decode a batch of features into unit ids.
 
         Args:
-            features: ``(B, T, 80)`` float fbank as :func:`just_asr.data.features.extract_fbank`
-              gives (zero-padded); CMVN is applied here when the model has it and ``apply_cmvn``.
+            features: ``(B, T, 80)`` float features in the model's recipe, zero-padded: as
+              ``loaded.extract_features`` gives (:func:`just_asr.data.features.extract_fbank`, or
+              ``seamless_fbank`` for a ``seamless_fbank`` model; a data loader must then use
+              ``feature_source=loaded.feature_source``); CMVN is applied here when the model has
+              it and ``apply_cmvn``.
             lens: ``(B,)`` valid frames per row.
             apply_cmvn: ``False`` when ``features`` are already normalised (e.g. by the data loader).
         """
@@ -354,6 +478,11 @@ class Transcriber:
         result = self.decode_batch(features, lens, apply_cmvn=apply_cmvn)
         return [self.loaded.tokenizer.decode(t) for t in result.tokens]
 
+    def file_features(self, path: str | Path) -> Tensor:
+        """Features ``(T, 80)`` of one audio file in the model's recipe (before CMVN), as
+        :meth:`transcribe_each` computes them. Raises ``AudioError``/``ValueError``/``OSError``."""
+        return self.loaded.extract_features(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
+
     def transcribe_each(self, paths: Sequence[str | Path]) -> list[FileResult]:
         """Transcribe files one result per path, in order; a file that cannot be read gets an
         ``error`` (naming the file) instead of stopping the others."""
@@ -361,7 +490,7 @@ class Transcriber:
         feats: dict[int, Tensor] = {}
         for i, p in enumerate(paths):
             try:
-                f = extract_fbank(load_audio(p, SAMPLE_RATE), SAMPLE_RATE)
+                f = self.file_features(p)
             except (AudioError, ValueError, OSError) as exc:
                 msg = str(exc)
                 results[i].error = msg if str(p) in msg else f"{p}: {msg}"

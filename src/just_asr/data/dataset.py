@@ -4,7 +4,8 @@ Keys (always present, in this order):
 
 =============== ==================== ==========================================================
 ``features``    float32 (B, T, 80)   log-mel fbank, zero-padded, optional global CMVN applied
-``feature_lens`` int64 (B,)          valid frames per row (``num_frames`` of the cut's samples)
+                                     (or SeamlessM4T features with ``feature_source="seamless"``)
+``feature_lens`` int64 (B,)          valid frames per row (``cut_num_frames(cut, feature_source)``)
 ``targets``     int64 (B, U_max)     token ids padded with 0 (blank); ``U_max >= 1``; all-zero
                                      rows for cuts without text
 ``target_lens`` int64 (B,)           tokens per row (0 when no text)
@@ -17,6 +18,14 @@ Keys (always present, in this order):
 With ``spec_augment`` given, the batch also holds ``supervised_features`` (B, T, 80): a
 SpecAugmented copy for the model's supervised branch (``features`` stays clean for the
 quantiser). Nothing else is added.
+
+Features come from :func:`just_asr.data.features.cut_features` with the dataset's
+``feature_source``. With ``"seamless"`` (models imported from w2v-BERT 2.0) they are the
+SeamlessM4T recipe of :mod:`just_asr.data.seamless_features`: still 80-d per 10 ms frame,
+unstacked, because the model's ``stack`` front end does the 2-frame stacking itself
+(``feature_lens`` counts 10 ms frames; the encoder gives ``feature_lens // 2`` frames). They are
+normalised per utterance, so ``cmvn`` must be ``None`` with them. Audio shorter than 560 samples
+(two frames) is reported like unreadable audio and dropped from the batch.
 
 Bad items never crash a batch: a cut whose audio cannot be read is reported to the error
 collector and dropped from the batch; a cut whose text holds characters the tokenizer lacks is
@@ -43,7 +52,7 @@ import torch.utils.data
 
 from just_asr.data.audio import AudioError, cut_audio_path
 from just_asr.data.errors import DataError, ErrorCollector
-from just_asr.data.features import FBANK_DIM, GlobalCMVN, cut_features
+from just_asr.data.features import FBANK_DIM, GlobalCMVN, check_feature_source, cut_features
 
 if TYPE_CHECKING:  # pragma: no cover
     from lhotse import CutSet
@@ -93,9 +102,11 @@ class AsrDataset(torch.utils.data.Dataset):
     Args:
         tokenizer: the :class:`~just_asr.data.tokenizer.Tokenizer`; ``None`` treats every cut as
             untranscribed (self-supervised pretraining), texts are still returned.
-        cmvn: global mean/variance normalisation applied to valid frames.
+        cmvn: global mean/variance normalisation applied to valid frames (not allowed with
+            ``feature_source="seamless"``).
         feature_source: ``"auto"`` (stored features when a cut has them, else computed from the
-            audio), ``"precomputed"`` or ``"on-the-fly"``.
+            audio), ``"precomputed"``, ``"on-the-fly"``, or ``"seamless"`` (the SeamlessM4T /
+            w2v-BERT 2.0 recipe, computed from the audio; see the module docstring).
         spec_augment: if given, adds ``supervised_features`` (see the module docstring).
         on_unknown_chars: ``skip`` | ``untranscribed`` | ``unk`` | ``fail``.
         errors: collector for bad cuts (default: a ``skip`` collector owned by the dataset).
@@ -114,8 +125,7 @@ class AsrDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ):
         super().__init__()
-        if feature_source not in ("auto", "precomputed", "on-the-fly"):
-            raise ValueError(f"feature_source must be auto, precomputed or on-the-fly, got {feature_source!r}")
+        check_feature_source(feature_source, cmvn)
         if on_unknown_chars not in UNKNOWN_CHARS_POLICIES:
             raise ValueError(f"on_unknown_chars must be one of {UNKNOWN_CHARS_POLICIES}, got {on_unknown_chars!r}")
         self.tokenizer = tokenizer

@@ -17,6 +17,17 @@ implements this and the tests check it against the extractor.
 Global CMVN. :class:`GlobalCMVN` holds a per-dimension mean and standard deviation computed over
 every valid frame of the training cuts (``just-asr compute-cmvn``) and applies
 ``(x - mean) / std`` to valid frames only; padding stays zero.
+
+Feature sources (:data:`FEATURE_SOURCES`, the ``feature_source`` of :func:`cut_features`, the
+dataset and the loaders):
+
+* ``"auto"``, ``"precomputed"``, ``"on-the-fly"``: the lhotse fbank above (stored or computed);
+* ``"seamless"``: the SeamlessM4T / w2v-BERT 2.0 recipe of
+  :mod:`just_asr.data.seamless_features` (``cut_seamless_features``), always computed from the
+  audio (stored lhotse matrices are ignored), for models imported with ``just-asr import-w2v-bert``.
+  Those features are 80-d per 10 ms frame, unstacked (the model's ``stack`` front end stacks
+  pairs), with ``T = 1 + (N - 400) // 160`` frames, and already normalised per utterance, so global
+  CMVN is refused with them (:func:`check_feature_source`).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 import torch
 
+from just_asr.data import seamless_features
 from just_asr.data.audio import SAMPLE_RATE, AudioError, load_cut_audio, resample, to_mono
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +59,31 @@ FRAME_SHIFT = 0.01
 #: hop in samples at 16 kHz
 HOP_SAMPLES = int(round(FRAME_SHIFT * SAMPLE_RATE))
 
+#: every accepted ``feature_source``: three ways to get lhotse fbank, and the SeamlessM4T recipe
+FEATURE_SOURCES = ("auto", "precomputed", "on-the-fly", "seamless")
+#: the ``feature_source`` selecting :mod:`just_asr.data.seamless_features`
+SEAMLESS_SOURCE = "seamless"
+
 _EXTRACTOR = None
+
+
+def check_feature_source(source: str, cmvn: object | None = None) -> str:
+    """Validate a ``feature_source`` (and its combination with global CMVN); returns ``source``.
+
+    Raises ``ValueError`` for an unknown source, or for ``"seamless"`` together with a CMVN
+    (``cmvn`` is the statistics object or its path; ``None`` means no CMVN): SeamlessM4T
+    features are normalised per utterance and per mel bin already, and the imported w2v-BERT 2.0
+    encoder was trained on exactly that, so a global normalisation on top would change its input.
+    """
+    if source not in FEATURE_SOURCES:
+        raise ValueError(f"feature_source must be one of {', '.join(FEATURE_SOURCES)}; got {source!r}")
+    if source == SEAMLESS_SOURCE and cmvn is not None:
+        where = f" ({cmvn})" if isinstance(cmvn, (str, Path)) else ""
+        raise ValueError(
+            f"global CMVN{where} cannot be combined with feature_source 'seamless': SeamlessM4T features are "
+            "already normalised per utterance; set cmvn to null (data.cmvn: null)"
+        )
+    return source
 
 
 def fbank_extractor():
@@ -112,21 +148,29 @@ def _fit_frames(feats: torch.Tensor, expected: int, tolerance: int = 2, source: 
     return feats
 
 
-def cut_num_frames(cut: "Cut") -> int:
-    """Frames a cut's features have: ``num_frames`` of its sample count at 16 kHz."""
+def cut_num_frames(cut: "Cut", source: str = "auto") -> int:
+    """Frames a cut's features have under ``source``: ``num_frames`` of its sample count at 16 kHz
+    (lhotse fbank), or :func:`just_asr.data.seamless_features.num_frames` for ``"seamless"``."""
     from lhotse.utils import compute_num_samples
 
-    return num_frames(compute_num_samples(cut.duration, SAMPLE_RATE))
+    n = compute_num_samples(cut.duration, SAMPLE_RATE)
+    if check_feature_source(source) == SEAMLESS_SOURCE:
+        return seamless_features.num_frames(n)
+    return num_frames(n)
 
 
 def cut_features(cut: "Cut", source: str = "auto") -> torch.Tensor:
-    """A cut's features ``(T, 80)`` float32, ``T == cut_num_frames(cut)``.
+    """A cut's features ``(T, 80)`` float32, ``T == cut_num_frames(cut, source)``.
 
     ``source``: ``"precomputed"`` (read the stored lilcom matrix; error if the cut has none),
-    ``"on-the-fly"`` (load audio and extract), or ``"auto"`` (stored when present, else extract).
+    ``"on-the-fly"`` (load audio and extract), ``"auto"`` (stored when present, else extract), or
+    ``"seamless"`` (the SeamlessM4T recipe computed from the audio:
+    :func:`just_asr.data.seamless_features.cut_seamless_features`; stored matrices are ignored).
+    Errors are :class:`~just_asr.data.audio.AudioError` naming the cut or its audio file.
     """
-    if source not in ("auto", "precomputed", "on-the-fly"):
-        raise ValueError(f"feature source must be auto, precomputed or on-the-fly, got {source!r}")
+    check_feature_source(source)
+    if source == SEAMLESS_SOURCE:
+        return seamless_features.cut_seamless_features(cut)
     expected = cut_num_frames(cut)
     if source == "precomputed" or (source == "auto" and cut.has_features):
         if not cut.has_features:
@@ -258,6 +302,9 @@ class GlobalCMVN:
         """
         from just_asr.data.errors import ErrorCollector
 
+        if check_feature_source(source) == SEAMLESS_SOURCE:
+            raise ValueError("global CMVN statistics are not used with feature_source 'seamless' (the SeamlessM4T "
+                             "features are normalised per utterance); use auto, precomputed or on-the-fly")
         errors = errors if errors is not None else ErrorCollector()
         acc = _Accumulator()
         it: Iterator = iter(cuts)

@@ -24,7 +24,7 @@ import torch.utils.data
 
 from just_asr.data.dataset import AsrDataset, cut_source, cut_text
 from just_asr.data.errors import ErrorCollector
-from just_asr.data.features import GlobalCMVN
+from just_asr.data.features import GlobalCMVN, check_feature_source
 from just_asr.data.sampling import LanguageStats, temperature_mux
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,8 +113,11 @@ def make_train_dataloader(
         world_size, rank: distributed data parallel partitioning.
         seed: seeds the language mux, the sampler's shuffling and SpecAugment.
         spec_augment: adds ``supervised_features`` to each batch (see :mod:`just_asr.data.dataset`).
-        cmvn: a :class:`~just_asr.data.features.GlobalCMVN` or the path of its JSON.
-        feature_source: ``auto`` | ``precomputed`` | ``on-the-fly``.
+        cmvn: a :class:`~just_asr.data.features.GlobalCMVN` or the path of its JSON (must be
+            ``None`` with ``feature_source="seamless"``).
+        feature_source: ``auto`` | ``precomputed`` | ``on-the-fly`` (lhotse fbank) | ``seamless``
+            (the SeamlessM4T recipe an imported w2v-BERT 2.0 encoder was trained on; see
+            :mod:`just_asr.data.features`).
         num_buckets, max_cuts, quadratic_duration, buffer_size, shuffle_buffer_size,
             num_cuts_for_bins_estimate: passed to lhotse's ``DynamicBucketingSampler`` (the
             bucket edges are estimated from the first ``num_cuts_for_bins_estimate`` cuts of
@@ -130,6 +133,7 @@ def make_train_dataloader(
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     if max_duration <= 0:
         raise ValueError(f"max_duration must be > 0, got {max_duration}")
+    check_feature_source(feature_source, cmvn)  # before the (possibly long) counting pass
     errors = errors if errors is not None else ErrorCollector("skip")
     cuts, mix = temperature_mux(cuts_by_lang, temperature, unit, seed=seed, stats=stats)
     if rank == 0 and not logging.getLogger("just_asr.data.sampling").isEnabledFor(logging.INFO):
@@ -194,9 +198,13 @@ def make_eval_dataloader(
     ``on_unknown_chars`` defaults to ``"unk"``: an evaluation cut is never silently removed (its
     reference text in ``texts`` is still scored as is). Audio that cannot be read is reported to
     ``errors`` (``loader.errors``) and left out of its batch.
+
+    ``cmvn`` and ``feature_source`` are as in :func:`make_train_dataloader` (a model imported from
+    w2v-BERT 2.0 is evaluated with ``feature_source="seamless"`` and no CMVN).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    check_feature_source(feature_source, cmvn)
     errors = errors if errors is not None else ErrorCollector("skip")
     n_cuts = sum(1 for _ in cuts)  # evaluation sets are small; lhotse needs buckets <= cuts
     if n_cuts == 0:
