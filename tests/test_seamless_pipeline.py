@@ -382,3 +382,24 @@ def test_finetune_preset_selects_the_recipe() -> None:
     assert data["feature_source"] == "seamless" and data["cmvn"] is None
     assert set(data) <= set(inspect.signature(JustDataModule.__init__).parameters)
     check_feature_source(data["feature_source"], data["cmvn"])
+
+
+def test_decode_command_uses_the_models_recipe(hf_import, audio, tmp_path) -> None:
+    """``just-asr decode`` on a seamless model featurises with the model's recipe: its hypotheses equal
+    the Transcriber's (which is checked against HF above); a conflicting --feature-source is refused."""
+    import json
+
+    from just_asr.cli.main import main
+
+    _, model_dir, _ = hf_import
+    paths = [audio["a"], audio["c"]]
+    manifest = tmp_path / "cuts.jsonl.gz"
+    _cuts(paths).to_file(manifest)
+    out = tmp_path / "dec"
+    assert main(["decode", "--model", str(model_dir), "--cuts", str(manifest), "--out", str(out), "--threads", "1"]) == 0
+    hyps = dict(line.split("\t", 1) for line in (out / "hyp_pl.txt").read_text().splitlines())
+    expected = Transcriber(load_model_dir(model_dir)).transcribe_files(paths)
+    assert [hyps.get(p.stem, "") for p in paths] == expected
+    assert json.loads((out / "wer.json").read_text())
+    assert main(["decode", "--model", str(model_dir), "--cuts", str(manifest), "--out", str(tmp_path / "x"),
+                 "--feature-source", "on-the-fly"]) == 2

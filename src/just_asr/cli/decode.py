@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op CPU threads (default: torch's choice; 1 is often fastest on busy machines)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default: 0)")
-    parser.add_argument("--feature-source", choices=("auto", "precomputed", "on-the-fly"), default="auto",
-                        help="stored features when the cuts have them (auto), or always from audio")
+    parser.add_argument("--feature-source", choices=("auto", "precomputed", "on-the-fly", "seamless"), default="auto",
+                        help="stored features when the cuts have them (auto), or always from audio; a model "
+                             "whose directory records the SeamlessM4T recipe always uses it")
 
 
 def _load_cuts(paths: list[str]):
@@ -102,13 +103,25 @@ def run(args: argparse.Namespace) -> int:
     if len(cuts) == 0:
         print("just-asr decode: error: the manifests hold no cuts", file=sys.stderr)
         return 2
+    feature_source = args.feature_source
+    if loaded.feature_source is not None:
+        # the model directory fixes its own feature recipe (e.g. an imported w2v-BERT 2.0 encoder)
+        if feature_source not in ("auto", loaded.feature_source):
+            print(f"just-asr decode: error: --feature-source {feature_source} conflicts with the model's "
+                  f"recorded recipe {loaded.feature_type!r} ({args.model}/config.yaml)", file=sys.stderr)
+            return 2
+        feature_source = loaded.feature_source
+    elif feature_source == "seamless":
+        print(f"just-asr decode: error: --feature-source seamless, but {args.model}/config.yaml records the "
+              f"{loaded.feature_type!r} recipe", file=sys.stderr)
+        return 2
     has_ref = {c.id: any(s.text is not None and s.text.strip() for s in c.supervisions) for c in cuts}
     langs_by_id = {c.id: cut_language(c) for c in cuts}
 
     # features without CMVN from the loader; the transcriber applies the model's own CMVN
     loader = make_eval_dataloader(
         cuts, None, max_duration=args.max_duration, num_workers=args.num_workers, cmvn=None,
-        feature_source=args.feature_source,
+        feature_source=feature_source,
     )
     hyps: dict[str, str] = {}
     refs: dict[str, str] = {}
