@@ -149,7 +149,34 @@ class MlmConfig:
 
 @dataclass
 class DecoderConfig:
-    """RNN-T prediction network and joiner (see ``just_asr.model.transducer``)."""
+    """RNN-T prediction network, joiner (see ``just_asr.model.transducer``) and how the RNN-T loss
+    is computed.
+
+    Attributes:
+        embed_dim, hidden_dim, num_layers, dropout: predictor (embedding + LSTM) sizes.
+        joint_dim: width of the joiner's joint space.
+        joiner_activation: non-linearity inside the joiner.
+        rnnt: ``"full"``: the joiner over the whole ``(T', U+1)`` lattice and the full fused RNN-T
+            loss (``just_asr.losses.rnnt``); ``"pruned"``: k2's pruned RNN-T
+            (``just_asr.losses.pruned_rnnt``): two extra linear "simple" heads (encoder -> V,
+            predictor -> V) give a cheap simple loss whose occupancies choose ``prune_range`` label
+            positions per frame, and the joiner runs only there. The RNN-T term is then
+            ``simple_scale * simple + pruned_scale * pruned`` with icefall's warm-up (see
+            ``pruned_loss_scales``): simple 1.0 -> ``simple_loss_scale`` and pruned 0.1 -> 1.0
+            linearly over the first ``rnnt_warmup_steps`` steps (the model reads the step from
+            ``JustModel.set_step``).
+        prune_range: window width S of the pruned loss (icefall: 5).
+        simple_loss_scale: weight of the simple loss after the warm-up (icefall: 0.5).
+        rnnt_warmup_steps: warm-up length in optimiser steps (icefall's ``warm_step``: 2000);
+            0 disables the warm-up.
+        simple_am_only_scale, simple_lm_only_scale: smoothing of the simple loss with the
+            encoder-only / predictor-only log-softmaxes (icefall's ``am_scale=0``,
+            ``lm_scale=0.25``).
+        fused_batch_size: ``rnnt: full`` only: ``None`` builds the whole ``(B, T', U+1, V)`` joiner
+            output at once; an integer runs the joiner + loss over sub-batches of that many
+            utterances with activation recomputation in backward, so peak memory is bounded by one
+            sub-batch's lattice. The loss and gradients are identical (NeMo's "fused batch size").
+    """
 
     embed_dim: int = 128
     hidden_dim: int = 256
@@ -157,6 +184,13 @@ class DecoderConfig:
     dropout: float = 0.1
     joint_dim: int = 256
     joiner_activation: Literal["tanh", "relu", "swish", "silu", "gelu"] = "tanh"
+    rnnt: Literal["full", "pruned"] = "full"
+    prune_range: int = 5
+    simple_loss_scale: float = 0.5
+    rnnt_warmup_steps: int = 2000
+    simple_am_only_scale: float = 0.0
+    simple_lm_only_scale: float = 0.25
+    fused_batch_size: int | None = None
 
 
 @dataclass
@@ -364,6 +398,15 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
     d = cfg.decoder
     for name in ("embed_dim", "hidden_dim", "num_layers", "joint_dim"):
         need(getattr(d, name) > 0, f"decoder.{name}", "must be positive")
+    need(d.prune_range >= 2, "decoder.prune_range", "must be >= 2")
+    need(d.simple_loss_scale >= 0.0, "decoder.simple_loss_scale", "must be >= 0")
+    need(d.rnnt_warmup_steps >= 0, "decoder.rnnt_warmup_steps", "must be >= 0")
+    for name in ("simple_am_only_scale", "simple_lm_only_scale"):
+        need(0.0 <= getattr(d, name) <= 1.0, f"decoder.{name}", "must be in [0, 1]")
+    need(d.simple_am_only_scale + d.simple_lm_only_scale <= 1.0, "decoder.simple_lm_only_scale",
+         "+ decoder.simple_am_only_scale must be <= 1")
+    need(d.fused_batch_size is None or d.fused_batch_size >= 1, "decoder.fused_batch_size",
+         "must be null or >= 1")
     w = cfg.loss
     for name in ("rnnt", "ssl", "diversity", "mlm"):
         need(getattr(w, name) >= 0.0, f"loss.{name}", "must be >= 0")

@@ -11,6 +11,15 @@ Data flow of ``JustModel.forward`` (shapes: B utterances, T fbank frames, T' lat
       rnnt_branch="masked":   enc = top (the same, masked pass)
       rnnt_branch="unmasked": enc = encode(features) (a second, unmasked forward)
       joiner(enc, predictor(blank + targets)) --> logits (B_text, T', U+1, V), float32
+    How the RNN-T term is computed (``cfg.decoder``):
+      rnnt="full", fused_batch_size=None: the logits above are kept in ``JustOutput.rnnt_logits``
+          and ``compute_loss`` runs the full fused loss on them;
+      rnnt="full", fused_batch_size=n: joiner + full loss over sub-batches of n utterances inside
+          ``forward`` (activations recomputed in backward: peak memory of one sub-batch);
+      rnnt="pruned": k2's pruned RNN-T inside ``forward``: simple heads am (B_text, T', V) and
+          lm (B_text, U+1, V) -> simple loss -> bounds -> joiner on (B_text, T', S, V) -> pruned loss;
+          the per-utterance ``simple_scale * simple + pruned_scale * pruned`` (warm-up from
+          ``set_step``) lands in ``JustOutput.rnnt_nll``.
 
 ``supervised_features`` (e.g. a SpecAugmented copy) replaces ``features`` as the input of the
 supervised pass: the masked pass when ``rnnt_branch="masked"`` (and the RNN-T runs), the unmasked
@@ -47,9 +56,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from just_asr.losses import codebook_perplexity, contrastive_loss, diversity_loss, mlm_loss, rnnt_loss
+from just_asr.losses.pruned_rnnt import pruned_loss_scales, pruned_rnnt_loss
 
 from .config import LossWeights, ModelConfig, validate_config
 from .conformer import ConformerStack
@@ -83,7 +94,12 @@ class JustOutput:
         code_probs: float32 ``(G, V)`` softmax averaged over valid frames (diversity, perplexity).
         code_usage: float32 scalar, fraction of codes chosen in this batch.
         rnnt_rows: int64 ``(B_text,)`` batch rows that feed the RNN-T (rows with text).
-        rnnt_logits: float32 ``(B_text, T'_max, U_max+1, V)`` joiner output.
+        rnnt_logits: float32 ``(B_text, T'_max, U_max+1, V)`` joiner output (``decoder.rnnt: full``
+            without ``fused_batch_size`` only; otherwise the loss is computed in ``forward``).
+        rnnt_nll: float32 ``(B_text,)`` per-utterance RNN-T loss computed in ``forward`` (pruned or
+            sub-batched paths): for ``pruned``, ``simple_scale * simple + pruned_scale * pruned``.
+        rnnt_simple_nll, rnnt_pruned_nll: float32 ``(B_text,)`` the two pruned-path terms, unscaled.
+        rnnt_scales: ``(simple_scale, pruned_scale)`` used (pruned path).
         rnnt_logit_lens: int64 ``(B_text,)``.
         rnnt_targets: int64 ``(B_text, U_max)``.
         rnnt_target_lens: int64 ``(B_text,)``.
@@ -113,6 +129,10 @@ class JustOutput:
     rnnt_target_lens: Tensor | None = None
     encoder_out: Tensor | None = None
     predictor_out: Tensor | None = None
+    rnnt_nll: Tensor | None = None
+    rnnt_simple_nll: Tensor | None = None
+    rnnt_pruned_nll: Tensor | None = None
+    rnnt_scales: tuple[float, float] | None = None
 
     @property
     def has_ssl(self) -> bool:
@@ -120,7 +140,7 @@ class JustOutput:
 
     @property
     def has_rnnt(self) -> bool:
-        return self.rnnt_logits is not None
+        return self.rnnt_logits is not None or self.rnnt_nll is not None
 
     def compute_loss(self, generator: torch.Generator | None = None) -> LossOutput:
         """Compute every available term in float32 with autocast disabled.
@@ -130,7 +150,10 @@ class JustOutput:
         * ``rnnt``: per-utterance negative log-likelihoods of the transcribed rows, reduced per
           ``weights.rnnt_reduction``: ``"token"`` sums them and divides by the rows' total target
           tokens (at least 1); ``"utterance"`` averages them over the transcribed rows. Present
-          (as 0.0) whenever the RNN-T is on, even if no row had text.
+          (as 0.0) whenever the RNN-T is on, even if no row had text. With ``decoder.rnnt:
+          pruned`` the per-utterance value is ``simple_scale * simple + pruned_scale * pruned`` and
+          the metrics ``rnnt_simple``/``rnnt_pruned`` (same reduction, unscaled) and
+          ``rnnt_simple_scale``/``rnnt_pruned_scale`` are added.
         * ``contrastive``: mean over masked frames (see ``just_asr.losses``).
         * ``diversity``: of the batch-averaged code distribution ``(G, V)``.
         * ``mlm``: cross-entropy averaged over masked frames (and codebooks).
@@ -178,18 +201,31 @@ class JustOutput:
             metrics["rnnt_tokens"] = torch.zeros((), device=device)
             return torch.zeros((), device=device, dtype=torch.float32)
         assert self.rnnt_targets is not None and self.rnnt_logit_lens is not None
-        assert self.rnnt_target_lens is not None and self.rnnt_logits is not None
-        per_utt = rnnt_loss(
-            self.rnnt_logits.float(), self.rnnt_targets.to(torch.int32), self.rnnt_logit_lens.to(torch.int32),
-            self.rnnt_target_lens.to(torch.int32), blank=0, reduction="none",
-        )  # (B_text,)
+        assert self.rnnt_target_lens is not None
+        if self.rnnt_nll is not None:
+            per_utt = self.rnnt_nll.float()
+        else:
+            assert self.rnnt_logits is not None
+            per_utt = rnnt_loss(
+                self.rnnt_logits.float(), self.rnnt_targets.to(torch.int32), self.rnnt_logit_lens.to(torch.int32),
+                self.rnnt_target_lens.to(torch.int32), blank=0, reduction="none",
+            )  # (B_text,)
         tokens = self.rnnt_target_lens.sum()
+
+        def reduce(x: Tensor) -> Tensor:
+            if self.weights.rnnt_reduction == "token":
+                return x.sum() / tokens.clamp(min=1).float()
+            return x.mean()
+
         metrics["rnnt_utterances"] = torch.tensor(float(per_utt.numel()), device=device)
         metrics["rnnt_tokens"] = tokens.detach().float()
         metrics["rnnt_per_utterance"] = per_utt.detach().mean()
-        if self.weights.rnnt_reduction == "token":
-            return per_utt.sum() / tokens.clamp(min=1).float()
-        return per_utt.mean()
+        if self.rnnt_simple_nll is not None and self.rnnt_pruned_nll is not None and self.rnnt_scales is not None:
+            metrics["rnnt_simple"] = reduce(self.rnnt_simple_nll.detach().float())
+            metrics["rnnt_pruned"] = reduce(self.rnnt_pruned_nll.detach().float())
+            metrics["rnnt_simple_scale"] = torch.tensor(self.rnnt_scales[0], device=device)
+            metrics["rnnt_pruned_scale"] = torch.tensor(self.rnnt_scales[1], device=device)
+        return reduce(per_utt)
 
 
 def _check_batch(
@@ -216,7 +252,11 @@ class JustModel(nn.Module):
         vocab_size: output units including blank (id 0).
 
     Submodules: ``frontend``, ``contrastive_stack``, ``mlm_stack``, ``masker``, ``quantizer``,
-    ``context_proj``, ``target_proj``, ``mlm_head``, ``predictor``, ``joiner``.
+    ``context_proj``, ``target_proj``, ``mlm_head``, ``predictor``, ``joiner``; with
+    ``decoder.rnnt: pruned`` also ``simple_am_proj`` (D -> V) and ``simple_lm_proj``
+    (predictor width -> V), the simple-loss heads (``None`` otherwise).
+
+    ``set_step(step)`` tells the model the current optimiser step (the pruned loss's warm-up).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
@@ -240,12 +280,31 @@ class JustModel(nn.Module):
         dc = cfg.decoder
         self.predictor = Predictor(vocab_size, dc.embed_dim, dc.hidden_dim, dc.num_layers, dc.dropout, blank_id=0)
         self.joiner = Joiner(d, dc.hidden_dim, dc.joint_dim, vocab_size, dc.joiner_activation)
+        self.simple_am_proj: nn.Linear | None = None
+        self.simple_lm_proj: nn.Linear | None = None
+        if dc.rnnt == "pruned":
+            self.simple_am_proj = nn.Linear(d, vocab_size)
+            self.simple_lm_proj = nn.Linear(dc.hidden_dim, vocab_size)
+        self.current_step = 0  # set by set_step(); drives the pruned-loss warm-up
 
     # ------------------------------------------------------------------ public helpers
 
     def set_gumbel_temperature(self, tau: float) -> None:
         """Set the quantiser's Gumbel temperature (see ``quantizer.gumbel_temperature``)."""
         self.quantizer.set_temperature(tau)
+
+    def set_step(self, step: int) -> None:
+        """Set the current optimiser step (global step); drives the pruned loss's warm-up of the
+        simple/pruned scales (``decoder.rnnt_warmup_steps``). The training loop calls this once per
+        step; it is a plain attribute, not saved in the state dict."""
+        if step < 0:
+            raise ValueError(f"set_step: step must be >= 0, got {step}")
+        self.current_step = int(step)
+
+    def rnnt_loss_scales(self) -> tuple[float, float]:
+        """``(simple_scale, pruned_scale)`` at the current step (``pruned`` path)."""
+        dc = self.cfg.decoder
+        return pruned_loss_scales(self.current_step, dc.rnnt_warmup_steps, dc.simple_loss_scale)
 
     def component_parameters(self) -> dict[str, int]:
         """Parameter counts per component plus ``total``."""
@@ -258,6 +317,8 @@ class JustModel(nn.Module):
             "predictor": [self.predictor],
             "joiner": [self.joiner],
         }
+        if self.simple_am_proj is not None and self.simple_lm_proj is not None:
+            groups["simple_heads"] = [self.simple_am_proj, self.simple_lm_proj]
         out = {name: sum(p.numel() for m in mods for p in m.parameters()) for name, mods in groups.items()}
         out["total"] = sum(p.numel() for p in self.parameters())
         return out
@@ -346,14 +407,94 @@ class JustModel(nn.Module):
             tl = target_lens.index_select(0, rows)
             tg = targets.index_select(0, rows)[:, : int(tl.max())]
             pred, _ = self.predictor(self.predictor.prepend_blank(tg))  # (B_text, U+1, P)
-            jdtype = self.joiner.output.weight.dtype
-            with torch.autocast(device_type=enc.device.type, enabled=False):
-                logits = self.joiner(enc.to(jdtype).unsqueeze(2), pred.to(jdtype).unsqueeze(1))
+            dc = cfg.decoder
+            if dc.rnnt == "pruned":
+                self._pruned_rnnt(out, enc, enc_lens, pred, tg, tl)
+            elif dc.fused_batch_size is not None:
+                out.rnnt_nll = sub_batched_rnnt_loss(self.joiner, enc, enc_lens, pred, tg, tl, dc.fused_batch_size)
+            else:
+                jdtype = self.joiner.output.weight.dtype
+                with torch.autocast(device_type=enc.device.type, enabled=False):
+                    out.rnnt_logits = self.joiner(enc.to(jdtype).unsqueeze(2), pred.to(jdtype).unsqueeze(1))
             out.rnnt_rows = rows
-            out.rnnt_logits = logits
             out.rnnt_logit_lens = enc_lens
             out.rnnt_targets = tg
             out.rnnt_target_lens = tl
             out.encoder_out = enc
             out.predictor_out = pred
         return out
+
+    # ------------------------------------------------------------------ RNN-T loss paths
+
+    def _pruned_rnnt(self, out: JustOutput, enc: Tensor, enc_lens: Tensor, pred: Tensor, targets: Tensor,
+                     target_lens: Tensor) -> None:
+        """k2's pruned RNN-T (autocast off; the losses compute in float32) on ``enc (B, T', D)``,
+        ``pred (B, U+1, P)``;
+        fills ``out.rnnt_nll`` (scaled sum), ``rnnt_simple_nll``, ``rnnt_pruned_nll`` (each ``(B,)``)
+        and ``rnnt_scales``."""
+        assert self.simple_am_proj is not None and self.simple_lm_proj is not None
+        dc = self.cfg.decoder
+        jdtype = self.joiner.output.weight.dtype  # float32 unless the whole model was cast
+        with torch.autocast(device_type=enc.device.type, enabled=False):
+            enc_j, pred_j = enc.to(jdtype), pred.to(jdtype)
+            res = pruned_rnnt_loss(
+                self.joiner.project_encoder(enc_j), self.joiner.project_predictor(pred_j), self.joiner.join,
+                self.simple_am_proj(enc_j), self.simple_lm_proj(pred_j), targets, enc_lens, target_lens,
+                prune_range=dc.prune_range, blank=0, am_only_scale=dc.simple_am_only_scale,
+                lm_only_scale=dc.simple_lm_only_scale, reduction="none",
+                reuse_logits_for_grads=True,  # Joiner.join ends with nn.Linear: its output is not reused
+            )
+        simple_scale, pruned_scale = self.rnnt_loss_scales()
+        out.rnnt_simple_nll = res.simple
+        out.rnnt_pruned_nll = res.pruned
+        out.rnnt_scales = (simple_scale, pruned_scale)
+        out.rnnt_nll = simple_scale * res.simple + pruned_scale * res.pruned
+
+
+def sub_batched_rnnt_loss(
+    joiner: Joiner, enc: Tensor, enc_lens: Tensor, pred: Tensor, targets: Tensor, target_lens: Tensor,
+    sub_batch: int,
+) -> Tensor:
+    """Full joiner + full RNN-T loss over sub-batches of ``sub_batch`` utterances (blank = 0).
+
+    Args:
+        joiner: the model's joiner.
+        enc: ``(B, T', D)`` encoder output; enc_lens: int ``(B,)`` valid frames.
+        pred: ``(B, U+1, P)`` predictor output on ``blank + targets``.
+        targets: int ``(B, U)`` label ids; target_lens: int ``(B,)``.
+        sub_batch: utterances per sub-batch (>= 1).
+
+    Returns:
+        float32 ``(B,)`` per-utterance negative log-likelihoods (no reduction).
+
+    Each sub-batch is trimmed to its own longest frame/label counts. When gradients are needed it
+    runs under non-reentrant activation checkpointing, so its ``(b, T', U+1, V)`` logits (and the
+    joiner's hidden activations) are freed after the forward and rebuilt one sub-batch at a time in
+    backward: peak memory is that of one sub-batch. Values and gradients equal the whole-batch
+    computation's (padding never contributes to either).
+    """
+    if sub_batch < 1:
+        raise ValueError(f"sub_batched_rnnt_loss: sub_batch must be >= 1, got {sub_batch}")
+    jdtype = joiner.output.weight.dtype
+    with torch.autocast(device_type=enc.device.type, enabled=False):
+        enc_p = joiner.project_encoder(enc.to(jdtype))  # (B, T', J)
+        pred_p = joiner.project_predictor(pred.to(jdtype))  # (B, U+1, J)
+        costs = []
+        for i in range(0, enc.size(0), sub_batch):
+            t_sub = enc_lens[i : i + sub_batch]
+            u_sub = target_lens[i : i + sub_batch]
+            t_max, u_max = int(t_sub.max()), int(u_sub.max())
+            e = enc_p[i : i + sub_batch, :t_max]
+            p = pred_p[i : i + sub_batch, : u_max + 1]
+            y = targets[i : i + sub_batch, :u_max].to(torch.int32)
+
+            def joint_loss(e: Tensor, p: Tensor, y: Tensor = y, t_sub: Tensor = t_sub, u_sub: Tensor = u_sub) -> Tensor:
+                logits = joiner.join(e.unsqueeze(2), p.unsqueeze(1))  # (b, T', U+1, V)
+                return rnnt_loss(logits.float(), y, t_sub.to(torch.int32), u_sub.to(torch.int32), blank=0,
+                                 reduction="none")
+
+            if torch.is_grad_enabled() and (e.requires_grad or p.requires_grad):
+                costs.append(torch.utils.checkpoint.checkpoint(joint_loss, e, p, use_reentrant=False))
+            else:
+                costs.append(joint_loss(e, p))
+    return torch.cat(costs)
