@@ -206,9 +206,14 @@ class JustOutput:
             per_utt = self.rnnt_nll.float()
         else:
             assert self.rnnt_logits is not None
+            # The joiner runs in float32 and ends in nn.Linear, whose backward does not read its own
+            # output, so the loss may write its gradient into the logits' storage: the extra peak
+            # memory of the loss then stays far below one logits tensor. After backward,
+            # ``rnnt_logits`` holds that gradient, not the logits.
             per_utt = rnnt_loss(
-                self.rnnt_logits.float(), self.rnnt_targets.to(torch.int32), self.rnnt_logit_lens.to(torch.int32),
+                self.rnnt_logits, self.rnnt_targets.to(torch.int32), self.rnnt_logit_lens.to(torch.int32),
                 self.rnnt_target_lens.to(torch.int32), blank=0, reduction="none",
+                reuse_logits_for_grads=self.rnnt_logits.dtype == torch.float32,
             )  # (B_text,)
         tokens = self.rnnt_target_lens.sum()
 
