@@ -96,6 +96,8 @@ class JustOutput:
         rnnt_rows: int64 ``(B_text,)`` batch rows that feed the RNN-T (rows with text).
         rnnt_logits: float32 ``(B_text, T'_max, U_max+1, V)`` joiner output (``decoder.rnnt: full``
             without ``fused_batch_size`` only; otherwise the loss is computed in ``forward``).
+            ``compute_loss`` lets the loss write its gradient into this tensor during backward, so
+            after ``backward()`` it holds the gradient, not the logits.
         rnnt_nll: float32 ``(B_text,)`` per-utterance RNN-T loss computed in ``forward`` (pruned or
             sub-batched paths): for ``pruned``, ``simple_scale * simple + pruned_scale * pruned``.
         rnnt_simple_nll, rnnt_pruned_nll: float32 ``(B_text,)`` the two pruned-path terms, unscaled.
