@@ -12,7 +12,7 @@ It measures, in a fresh temporary folder:
    wall second, set-up included), audio per language, and per language the audio seconds
    synthesised per second of one worker's time (espeak-ng speaks some languages faster);
 2. espeak-ng's per-process start-up (a one-word utterance) against a typical sentence, which
-   bounds what batching sentences into one process could save (see synth_speed.md).
+   bounds what batching sentences into one process could save (see BENCHMARKS.md).
 
 Timings are wall-clock; note the machine's load (printed) when comparing runs.
 """

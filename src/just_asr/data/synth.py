@@ -98,7 +98,7 @@ _PAD_TO = SAMPLE_RATE // 100
 _CHAPTER_GAP_CS = 50
 
 #: default total train hours: MLS-imbalanced and, with the per-language floor, built in well
-#: under two minutes on two cores (see benchmarks/synth_speed.md)
+#: under two minutes on two cores (see BENCHMARKS.md)
 DEMO_HOURS = 2.0
 
 #: espeak-ng voice variants (file names under ``espeak-ng-data/voices/!v``) used as speakers;
