@@ -1,0 +1,271 @@
+"""Training callbacks: Gumbel temperature annealing, codebook health, the non-finite guard, an EMA of
+the weights, and throughput/gradient-norm logging.
+
+They talk to :class:`just_asr.train.module.JustLightningModule` through three attributes it sets in
+``training_step``: ``last_metrics`` (dict of floats from ``LossOutput.metrics``), ``last_loss``
+(the float32 total, a 0-d tensor) and ``last_batch_info`` (cut ids and audio seconds of the batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from just_asr.train.averaging import EMA_CHECKPOINT_KEY, EMAWeights
+
+log = logging.getLogger(__name__)
+
+
+class GumbelTemperature(pl.Callback):
+    """Set the quantiser's Gumbel-softmax temperature from the global step before every training batch:
+    ``tau = max(end, start * decay**step)`` (wav2vec 2.0 / w2v-BERT: 2.0 -> 0.1 by 0.999995 per
+    update). Logged as ``train/gumbel_temperature``.
+
+    Args:
+        start, end, decay: the annealing schedule; ``None`` takes the value from the model config
+          (``arch.quantizer.temperature_start/_end/_decay``).
+    """
+
+    def __init__(self, start: float | None = None, end: float | None = None, decay: float | None = None) -> None:
+        super().__init__()
+        for name, v in (("start", start), ("end", end)):
+            if v is not None and v <= 0:
+                raise ValueError(f"Gumbel temperature {name} must be positive, got {v}")
+        if decay is not None and not 0 < decay <= 1:
+            raise ValueError(f"Gumbel temperature decay must be in (0, 1], got {decay}")
+        self.start, self.end, self.decay = start, end, decay
+
+    def schedule(self, pl_module: pl.LightningModule) -> tuple[float, float, float]:
+        q = pl_module.arch.quantizer
+        return (self.start if self.start is not None else q.temperature_start,
+                self.end if self.end is not None else q.temperature_end,
+                self.decay if self.decay is not None else q.temperature_decay)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        from just_asr.model.quantizer import gumbel_temperature
+
+        if pl_module.arch.loss.ssl <= 0:
+            return  # no quantiser in use
+        start, end, decay = self.schedule(pl_module)
+        tau = float(gumbel_temperature(trainer.global_step, start, end, decay))
+        pl_module.model.set_gumbel_temperature(tau)
+        pl_module.log("train/gumbel_temperature", tau, on_step=True, on_epoch=False, batch_size=1)
+
+
+class CodebookHealth(pl.Callback):
+    """Watch the quantiser: log codebook perplexity and the fraction of codes in use, and warn when the
+    codebook collapses (used fraction below ``min_used_fraction`` for ``patience`` consecutive steps).
+
+    The numbers come from the model's ``LossOutput.metrics`` (``codebook_perplexity``,
+    ``code_usage``), which the module already logs; this callback keeps the collapse state and the
+    count of collapsed steps (``train/codebook_collapsed_steps``). Steps without SSL terms are ignored.
+    """
+
+    def __init__(self, min_used_fraction: float = 0.05, patience: int = 50) -> None:
+        super().__init__()
+        self.min_used_fraction = min_used_fraction
+        self.patience = patience
+        self.low_run = 0
+        self.collapsed_steps = 0
+        self.warned = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        metrics = getattr(pl_module, "last_metrics", None) or {}
+        used = metrics.get("code_usage")
+        if used is None or not math.isfinite(used):
+            return
+        if used < self.min_used_fraction:
+            self.low_run += 1
+            self.collapsed_steps += 1
+        else:
+            if self.warned:
+                log.warning("codebook recovered at step %d: %.1f%% of codes in use", trainer.global_step, 100 * used)
+            self.low_run = 0
+            self.warned = False
+        if self.low_run >= self.patience and not self.warned:
+            ppl = metrics.get("codebook_perplexity", float("nan"))
+            msg = (
+                f"codebook collapse at step {trainer.global_step}: only {100 * used:.1f}% of codes used "
+                f"(perplexity {ppl:.1f}) for {self.low_run} steps in a row; consider a larger diversity "
+                f"weight, a slower Gumbel temperature decay or a lower learning rate"
+            )
+            log.warning(msg)
+            trainer.print(f"WARNING: {msg}")
+            self.warned = True
+        pl_module.log("train/codebook_collapsed_steps", float(self.collapsed_steps), on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"low_run": self.low_run, "collapsed_steps": self.collapsed_steps, "warned": self.warned}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.low_run = int(state_dict.get("low_run", 0))
+        self.collapsed_steps = int(state_dict.get("collapsed_steps", 0))
+        self.warned = bool(state_dict.get("warned", False))
+
+
+class NonFiniteGuard(pl.Callback):
+    """Skip the optimiser update when the loss or any gradient is NaN/inf, count it, keep training.
+
+    Runs in ``on_before_optimizer_step`` (after backward, before Lightning's gradient clipping): when
+    any micro-batch since the last update had a non-finite loss, or a gradient is non-finite, all
+    gradients are set to ``None`` so that Adam(W) leaves every parameter and its moments untouched.
+    (The LR schedule and step counter still advance, identically on every rank under DDP, where the
+    all-reduce spreads a NaN to all ranks.) The count is logged as ``train/nonfinite_skipped`` and the
+    batch's cut ids go to the log. After ``max_consecutive`` skipped updates in a row, training stops
+    with a ``RuntimeError``.
+
+    Also logs the total gradient 2-norm before clipping as ``train/grad_norm`` (finite steps only).
+    """
+
+    def __init__(self, max_consecutive: int = 20) -> None:
+        super().__init__()
+        if max_consecutive < 1:
+            raise ValueError("max_consecutive must be >= 1")
+        self.max_consecutive = max_consecutive
+        self.skipped = 0
+        self.consecutive = 0
+        self._pending_cut_ids: list[str] = []
+        self._pending_nonfinite_loss = False
+
+    def note_batch(self, pl_module: pl.LightningModule) -> None:
+        info = getattr(pl_module, "last_batch_info", None) or {}
+        self._pending_cut_ids.extend(info.get("cut_ids", []))
+        loss = getattr(pl_module, "last_loss", None)
+        if loss is not None and not bool(torch.isfinite(loss).all()):
+            self._pending_nonfinite_loss = True
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.note_batch(pl_module)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            norms = torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+            total = torch.linalg.vector_norm(norms)
+            grads_finite = bool(torch.isfinite(total))
+        else:
+            total, grads_finite = torch.tensor(0.0), True
+        bad = self._pending_nonfinite_loss or not grads_finite
+        if bad:
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self.skipped += 1
+            self.consecutive += 1
+            what = "loss" if self._pending_nonfinite_loss else "gradient"
+            ids = self._pending_cut_ids
+            shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} cuts)" if len(ids) > 20 else "")
+            msg = (f"non-finite {what} at step {trainer.global_step}: update skipped "
+                   f"({self.skipped} so far, {self.consecutive} in a row); cut ids: [{shown}]")
+            log.warning(msg)
+            trainer.print(f"WARNING: {msg}")
+        else:
+            self.consecutive = 0
+            pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+        self._pending_cut_ids = []
+        self._pending_nonfinite_loss = False
+        if self.consecutive >= self.max_consecutive:
+            raise RuntimeError(
+                f"{self.consecutive} consecutive updates had a non-finite loss or gradient (last cut ids: "
+                f"{', '.join(ids[:20])}); stopping. Lower the learning rate, check the data with these "
+                f"cut ids, or raise NonFiniteGuard.max_consecutive."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+
+class EMA(pl.Callback):
+    """Keep an exponential moving average of the JustModel's weights (see
+    :class:`just_asr.train.averaging.EMAWeights`), updated after every optimiser step, saved inside
+    Lightning checkpoints (callback state, plus the averaged weights under ``ema_state_dict`` for
+    ``just-asr export --ema``).
+
+    Args:
+        decay: long-run decay per update.
+        validate_with_ema: evaluate dev WER with the averaged weights (swapped in for validation).
+    """
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, validate_with_ema: bool = False) -> None:
+        super().__init__()
+        self.decay = decay
+        self.warmup = warmup
+        self.validate_with_ema = validate_with_ema
+        self.ema: EMAWeights | None = None
+        self._pending_state: dict | None = None
+        self._backup: dict[str, torch.Tensor] | None = None
+        self._last_step = -1
+
+    def _ensure(self, pl_module: pl.LightningModule) -> EMAWeights:
+        if self.ema is None:
+            self.ema = EMAWeights(pl_module.model, self.decay, self.warmup)
+            if self._pending_state is not None:
+                self.ema.load_state_dict(self._pending_state)
+                self._pending_state = None
+        return self.ema
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ensure(pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step != self._last_step:  # an optimiser step happened (accumulation aware)
+            self._last_step = trainer.global_step
+            self._ensure(pl_module).update(pl_module.model)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.validate_with_ema and self.ema is not None and not trainer.sanity_checking:
+            self._backup = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            pl_module.model.load_state_dict(self.ema.state_dict_for(pl_module.model))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._backup is not None:
+            pl_module.model.load_state_dict(self._backup)
+            self._backup = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None:
+            checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict_for(pl_module.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.ema is None:
+            return {}
+        return {"ema": self.ema.state_dict(), "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ema" in state_dict:
+            self._pending_state = state_dict["ema"]
+            self._last_step = int(state_dict.get("last_step", -1))
+            if self.ema is not None:
+                self.ema.load_state_dict(self._pending_state)
+                self._pending_state = None
+
+
+class Throughput(pl.Callback):
+    """Log ``train/audio_sec_per_sec``: seconds of audio in the batch divided by the wall time of its
+    training step (forward, backward, optimiser step; data loading not included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._t0: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._t0 is None:
+            return
+        dt = time.perf_counter() - self._t0
+        info = getattr(pl_module, "last_batch_info", None) or {}
+        secs = float(info.get("audio_seconds", 0.0))
+        if dt > 0 and secs > 0:
+            pl_module.log("train/audio_sec_per_sec", secs / dt, on_step=True, on_epoch=False, batch_size=1, prog_bar=True)

@@ -1,0 +1,341 @@
+"""The LightningModule around :class:`just_asr.model.JustModel`.
+
+One class serves every regime of the paper; the regime is the model's loss weights
+(``arch.loss.rnnt`` / ``arch.loss.ssl``) plus, for the two fine-tuning regimes, ``init_from``:
+
+=====================  ================  ===============  ==================================
+regime                 ``loss.rnnt``     ``loss.ssl``     ``init_from``
+=====================  ================  ===============  ==================================
+supervised             1                 0                -
+w2v-bert-pretrain      0                 1                -
+finetune (2-stage)     1                 0                pretrained checkpoint / model dir
+just (from scratch)    1                 beta             -
+just-finetune          1                 beta             pretrained checkpoint / model dir
+=====================  ================  ===============  ==================================
+
+Training step: ``features``/``feature_lens``/``targets``/``target_lens``/``has_text`` from the batch
+(see docs/architecture.md) go through ``JustModel.forward``; ``compute_loss()`` gives the float32
+total (computed by the model outside autocast) and every term, each logged under ``train/``.
+Validation decodes the dev cuts greedily and logs the WER per language (``dev/wer_<iso>``) and
+their unweighted mean ``dev/wer_avg`` (the checkpoint monitor).
+
+Randomness: when ``seed_per_step`` is set, the global RNGs are re-seeded from
+``(seed, global_step, rank, micro-batch)`` before every training batch (as fairseq does), so that a
+resumed run draws the same masks, Gumbel noise and dropout as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from just_asr.model.config import ModelConfig
+from just_asr.train.averaging import load_lightning_checkpoint, strip_prefix
+from just_asr.train.optim import build_noam_scheduler, build_optimizer, param_groups
+
+log = logging.getLogger(__name__)
+
+#: fbank hop in seconds (10 ms), used to turn frame counts into audio seconds
+FRAME_SHIFT_S = 0.01
+
+
+@dataclass
+class InitReport:
+    """What ``init_from`` did: parameter names of the JustModel that were loaded, that kept their
+    fresh initialisation (``new``), and source entries that were ``dropped`` (with the reason)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self, max_names: int = 12) -> str:
+        def names(xs: list[str]) -> str:
+            shown = ", ".join(xs[:max_names])
+            return shown + (f", ... (+{len(xs) - max_names})" if len(xs) > max_names else "")
+
+        lines = [
+            f"init_from {self.source}:",
+            f"  loaded  {len(self.loaded)} tensors",
+            f"  new     {len(self.new)} tensors (fresh initialisation): {names(self.new)}",
+            f"  dropped {len(self.dropped)} tensors from the source: "
+            + names([f"{k} ({why})" for k, why in self.dropped.items()]),
+        ]
+        return "\n".join(lines)
+
+
+def read_source_weights(path: str | Path) -> dict[str, Tensor]:
+    """The JustModel weights stored at ``path``: a model directory (``*.safetensors`` inside, as
+    written by ``just_asr.inference.save_model_dir``), a ``.safetensors`` file, or a Lightning
+    checkpoint (read with ``weights_only=True``). Errors name the path."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{p}: model directory has no *.safetensors weights")
+        p = files[0]
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: init_from source not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"{p}: cannot read safetensors weights ({exc})") from exc
+    return strip_prefix(load_lightning_checkpoint(p)["state_dict"])
+
+
+def load_matching(
+    model: torch.nn.Module, source: dict[str, Tensor], source_name: str, exclude: list[str] | tuple[str, ...] = ()
+) -> InitReport:
+    """Copy every tensor of ``source`` whose name and shape match one of ``model``'s state entries,
+    except names starting with a prefix in ``exclude`` (e.g. ``["predictor.", "joiner."]`` to start
+    the decoder fresh when the source never trained it).
+
+    Returns the :class:`InitReport`; ``model`` keeps its own values for everything else."""
+    own = model.state_dict()
+    report = InitReport(source=source_name)
+    take: dict[str, Tensor] = {}
+    for k, v in source.items():
+        if exclude and k.startswith(tuple(exclude)):
+            report.dropped[k] = "excluded by init_exclude"
+        elif k not in own:
+            report.dropped[k] = "absent in model"
+        elif tuple(v.shape) != tuple(own[k].shape):
+            report.dropped[k] = f"shape {tuple(v.shape)} != {tuple(own[k].shape)}"
+        else:
+            take[k] = v
+    report.loaded = sorted(take)
+    report.new = sorted(k for k in own if k not in take)
+    model.load_state_dict({**own, **take})
+    return report
+
+
+class JustLightningModule(pl.LightningModule):
+    """Train a :class:`JustModel` in any regime (see the module docstring).
+
+    Args:
+        arch: the model configuration (``configs/model/*.yaml`` under ``model: arch:``), including
+          the loss weights that select the regime.
+        tokenizer: path of the SentencePiece model (linked from ``data.tokenizer`` by the CLI); gives
+          the vocabulary size and decodes dev hypotheses.
+        vocab_size: output units incl. blank; only needed when ``tokenizer`` is not given.
+        init_from: a model directory, ``.safetensors`` file or Lightning checkpoint whose matching
+          weights initialise the model (the fine-tuning regimes); the report of loaded / new /
+          dropped tensors is printed and kept in ``self.init_report``.
+        init_exclude: parameter-name prefixes ``init_from`` must not load (they stay fresh).
+        optimizer: ``adamw`` or ``adam``.
+        lr: peak learning rate of the Noam schedule.
+        decoder_lr: peak learning rate of the predictor and joiner (default: ``lr``).
+        warmup_steps: Noam warm-up length in optimiser steps.
+        betas, eps, weight_decay: optimiser settings (no decay on 1-D parameters).
+        max_symbols_per_frame: greedy decoding limit for dev WER.
+        seed: base of the per-step seeds.
+        seed_per_step: re-seed the RNGs per training batch (exact resume).
+        val_loss: also compute and log the training objective on dev batches.
+    """
+
+    def __init__(
+        self,
+        arch: ModelConfig | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int | None = None,
+        init_from: str | None = None,
+        init_exclude: list[str] | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        decoder_lr: float | None = None,
+        warmup_steps: int = 1000,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-9,
+        weight_decay: float = 1e-3,
+        max_symbols_per_frame: int = 3,
+        seed: int = 0,
+        seed_per_step: bool = True,
+        val_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        from just_asr.model import JustModel
+
+        if arch is None:
+            arch = ModelConfig()
+        elif isinstance(arch, dict):
+            arch = ModelConfig.from_dict(arch, source="model.arch")
+        self.arch = arch
+        self.tokenizer_path = tokenizer
+        self._tokenizer = None
+        if tokenizer is not None:
+            tok = self.tokenizer
+            if vocab_size is not None and vocab_size != tok.vocab_size:
+                raise ValueError(f"vocab_size={vocab_size} disagrees with tokenizer {tokenizer} ({tok.vocab_size})")
+            vocab_size = tok.vocab_size
+        if vocab_size is None:
+            raise ValueError("JustLightningModule needs a tokenizer path (data.tokenizer) or model.vocab_size")
+        self.vocab_size = int(vocab_size)
+        self.blank_id = 0
+        # hyper-parameters as plain containers, so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["arch"])
+        self.hparams["arch"] = arch.to_dict()
+        self.hparams["vocab_size"] = self.vocab_size
+        self.model = JustModel(arch, self.vocab_size)
+        self.init_report: InitReport | None = None
+        if init_from:
+            self.init_report = load_matching(self.model, read_source_weights(init_from), str(init_from),
+                                             exclude=tuple(init_exclude or ()))
+            print(self.init_report.summary(), flush=True)
+            log.info("%s", self.init_report.summary(max_names=10_000))
+        # state shared with callbacks (see just_asr.train.callbacks)
+        self.last_metrics: dict[str, float] = {}
+        self.last_loss: Tensor | None = None
+        self.last_batch_info: dict[str, Any] = {}
+        self._dev_hyps: dict[str, list[str]] = {}
+        self._dev_refs: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None and self.tokenizer_path is not None:
+            from just_asr.data.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    def _seed_step(self, batch_idx: int) -> None:
+        if not self.hparams.seed_per_step:
+            return
+        accumulate = max(1, int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1))
+        micro = batch_idx % accumulate
+        rank = int(getattr(self.trainer, "global_rank", 0) or 0)
+        seed = (int(self.hparams.seed) * 1_000_003 + self.global_step * 7919 + rank * 104_729 + micro) % (2**31 - 1)
+        torch.manual_seed(seed)
+
+    def _forward_loss(self, batch: dict[str, Any]):
+        out = self.model(
+            batch["features"],
+            batch["feature_lens"],
+            batch["targets"],
+            batch["target_lens"],
+            batch["has_text"],
+            supervised_features=batch.get("supervised_features"),
+        )
+        return out.compute_loss()
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._seed_step(batch_idx)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """One step on ``batch`` (the data layer's dict). Returns the float32 total loss (the
+        model's reduction: see ``LossWeights``); a non-finite total is handled by NonFiniteGuard."""
+        res = self._forward_loss(batch)
+        total = res.total
+        bsz = int(batch["features"].shape[0])
+        self.last_loss = total.detach()
+        self.last_metrics = {k: float(v) for k, v in res.metrics.items()}
+        self.last_batch_info = {
+            "cut_ids": list(batch.get("cut_ids", [])),
+            "audio_seconds": float(batch["feature_lens"].sum()) * FRAME_SHIFT_S,
+        }
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
+        for name, value in res.terms.items():
+            self.log(f"train/{name}", value.detach().float(), on_step=True, on_epoch=False, batch_size=bsz)
+        for name, value in self.last_metrics.items():
+            if math.isfinite(value):
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bsz)
+        self.log("train/transcribed_fraction", batch["has_text"].float().mean(), on_step=True, on_epoch=False,
+                 batch_size=bsz)
+        opt = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
+        if opt is not None:
+            for group in opt.param_groups:
+                self.log(f"train/lr_{group.get('name', 'group')}", group["lr"], on_step=True, on_epoch=False,
+                         batch_size=1)
+        return total
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.model, hp.lr, hp.decoder_lr, hp.weight_decay)
+        opt = build_optimizer(groups, hp.optimizer, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                              weight_decay=hp.weight_decay)
+        sched = build_noam_scheduler(opt, hp.warmup_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._dev_hyps, self._dev_refs = {}, {}
+
+    def decode_batch(self, features: Tensor, feature_lens: Tensor) -> list[list[int]]:
+        """Greedy RNN-T decoding. ``features: (B, T, 80)``, ``feature_lens: (B,)`` -> token ids per row."""
+        from just_asr.decode.greedy import greedy_search
+
+        enc, enc_lens = self.model.encode(features, feature_lens)
+        res = greedy_search(self.model.predictor, self.model.joiner, enc.float(), enc_lens, blank_id=self.blank_id,
+                            max_symbols_per_frame=self.hparams.max_symbols_per_frame)
+        return res.tokens
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        bsz = int(batch["features"].shape[0])
+        if self.hparams.val_loss:
+            res = self._forward_loss(batch)
+            if torch.isfinite(res.total):
+                self.log("dev/loss", res.total, on_step=False, on_epoch=True, batch_size=bsz, sync_dist=True)
+            for name, value in res.terms.items():
+                self.log(f"dev/{name}", value.float(), on_step=False, on_epoch=True, batch_size=bsz, sync_dist=True)
+        if self.arch.loss.rnnt <= 0 or self.tokenizer is None:
+            return  # self-supervised only: no decoder to score
+        tokens = self.decode_batch(batch["features"], batch["feature_lens"])
+        for toks, lang, ref, has in zip(tokens, batch["langs"], batch["texts"], batch["has_text"].tolist()):
+            if not has:
+                continue
+            self._dev_hyps.setdefault(lang, []).append(self.tokenizer.decode(toks))
+            self._dev_refs.setdefault(lang, []).append(ref)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.arch.loss.rnnt <= 0:
+            return
+        hyps, refs = self._gather_dev()
+        wers = dev_wer(hyps, refs)
+        if not wers:
+            return
+        for lang, w in sorted(wers.items()):
+            self.log(f"dev/wer_{lang}", w, on_step=False, on_epoch=True, batch_size=1)
+        avg = sum(wers.values()) / len(wers)
+        self.log("dev/wer_avg", avg, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        self.last_dev_wer = dict(wers, avg=avg)
+
+    def _gather_dev(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return self._dev_hyps, self._dev_refs
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.trainer.world_size
+        dist.all_gather_object(gathered, (self._dev_hyps, self._dev_refs))
+        hyps: dict[str, list[str]] = {}
+        refs: dict[str, list[str]] = {}
+        for h, r in gathered:
+            for k, v in h.items():
+                hyps.setdefault(k, []).extend(v)
+            for k, v in r.items():
+                refs.setdefault(k, []).extend(v)
+        return hyps, refs
+
+
+def dev_wer(hyps: dict[str, list[str]], refs: dict[str, list[str]]) -> dict[str, float]:
+    """Corpus WER in percent per language (word errors / reference words, jiwer's definition)."""
+    import jiwer
+
+    out = {}
+    for lang in sorted(refs):
+        r, h = refs[lang], hyps.get(lang, [])
+        pairs = [(a, b) for a, b in zip(r, h) if a.strip()]
+        if not pairs:
+            continue
+        out[lang] = 100.0 * jiwer.wer([a for a, _ in pairs], [b for _, b in pairs])
+    return out

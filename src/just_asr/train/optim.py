@@ -1,0 +1,117 @@
+"""Optimiser and learning-rate schedule.
+
+The schedule is the Transformer ("Noam") warm-up used by conformer/RNN-T recipes: the learning rate
+rises linearly from ``peak/warmup`` to ``peak`` over ``warmup_steps`` optimiser steps, then decays in
+proportion to ``step^-0.5``::
+
+    lr(step) = peak * min(step / warmup, sqrt(warmup / step)),   step = 1, 2, ...
+
+(The original Transformer paper writes the same curve as ``d^-0.5 * min(step^-0.5, step * warmup^-1.5)``;
+here it is parameterised by the peak value directly, which is what people tune.)
+
+The decoder (predictor + joiner) may get its own peak learning rate: both parameter groups follow the
+same curve, scaled to their own peaks.
+
+Example::
+
+    >>> f = noam_factor(warmup_steps=4)
+    >>> [round(f(s), 4) for s in range(6)]   # scheduler counter s -> optimiser step s+1
+    [0.25, 0.5, 0.75, 1.0, 0.8944, 0.8165]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+def noam_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (1-based) under the Noam schedule.
+
+    Args:
+        step: the 1-based optimiser step; ``step <= 0`` is treated as step 1.
+        peak_lr: the value reached at ``step == warmup_steps``.
+        warmup_steps: length of the linear ramp; ``0`` means no warm-up (pure ``step^-0.5`` decay
+          from ``peak_lr`` at step 1).
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    s = max(int(step), 1)
+    if warmup_steps == 0:
+        return peak_lr * s**-0.5
+    return peak_lr * min(s / warmup_steps, math.sqrt(warmup_steps / s))
+
+
+def noam_factor(warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier for ``torch.optim.lr_scheduler.LambdaLR`` (whose counter starts at 0 before the
+    first optimiser step, so counter ``s`` is optimiser step ``s + 1``)."""
+
+    def factor(s: int) -> float:
+        return noam_lr(s + 1, 1.0, warmup_steps)
+
+    return factor
+
+
+def _decoder_prefixes() -> tuple[str, ...]:
+    return ("predictor.", "joiner.")
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    decoder_lr: float | None = None,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """Split ``model``'s trainable parameters into optimiser groups.
+
+    * ``decoder``: parameters under ``model.predictor`` / ``model.joiner`` (peak ``decoder_lr`` when
+      given, else ``lr``);
+    * ``encoder``: everything else (peak ``lr``).
+
+    Weight decay applies to matrices only; biases, norms' gains and other 1-D parameters get none.
+    Empty groups are left out.
+    """
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "decoder" if name.startswith(_decoder_prefixes()) else "encoder"
+        decay = p.ndim >= 2
+        groups.setdefault((part, decay), []).append(p)
+    out = []
+    for (part, decay), params in sorted(groups.items()):
+        peak = decoder_lr if (part == "decoder" and decoder_lr is not None) else lr
+        out.append(
+            {
+                "params": params,
+                "lr": peak,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '_no_decay'}",
+            }
+        )
+    return out
+
+
+def build_optimizer(
+    params: Iterable[dict] | Iterable[nn.Parameter],
+    name: str = "adamw",
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-9,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """Adam or AdamW over ``params`` (plain parameters or groups from :func:`param_groups`)."""
+    key = name.lower()
+    if key == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if key == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'adamw'")
+
+
+def build_noam_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` applying the Noam curve to every group's own peak (its initial ``lr``)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, noam_factor(warmup_steps))
