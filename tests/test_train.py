@@ -246,3 +246,25 @@ def test_ema_callback_tracks_independent_average():
     for k, v in ref.items():
         if torch.is_floating_point(v):
             torch.testing.assert_close(ema.ema.shadow[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_training_loop_drives_the_pruned_rnnt_warmup(tmp_path):
+    """The module tells the model the global step before each batch, so the pruned RNN-T's
+    simple/pruned scales follow the warm-up (1.0 -> 0.5 and 0.1 -> 1.0 over the warm-up steps)."""
+    arch = tiny_arch(1.0, 0.0)
+    arch.decoder.rnnt = "pruned"
+    arch.decoder.prune_range = 3
+    arch.decoder.rnnt_warmup_steps = 4
+    mod = module(arch)
+    seen: list[tuple[int, tuple[float, float]]] = []
+
+    class Scales(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((pl_module.model.current_step, pl_module.model.rnnt_loss_scales()))
+
+    fit_steps(mod, 6, [make_batch(0)], extra=[Scales()])
+    steps = [s for s, _ in seen]
+    assert steps == list(range(6))  # the step the batch was computed at
+    assert seen[0][1] == pytest.approx((1.0, 0.1))
+    assert seen[2][1] == pytest.approx((0.75, 0.55))
+    assert seen[4][1] == pytest.approx((0.5, 1.0)) and seen[5][1] == pytest.approx((0.5, 1.0))

@@ -231,6 +231,8 @@ class JustLightningModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._seed_step(batch_idx)
+        # drives step-dependent parts of the objective (the pruned RNN-T's simple/pruned warm-up)
+        self.model.set_step(self.global_step)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One step on ``batch`` (the data layer's dict). Returns the float32 total loss (the
