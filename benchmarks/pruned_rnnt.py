@@ -45,18 +45,11 @@ from datetime import datetime, timezone
 
 import torch
 
+from _peak_rss import available as peak_rss_available, reset_peak, status_kb
 from just_asr.losses.pruned_rnnt import pruned_rnnt_loss
 from just_asr.losses.rnnt import rnnt_loss
 from just_asr.model.just import sub_batched_rnnt_loss
 from just_asr.model.transducer import Joiner
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"benchmarks/pruned_rnnt.py: {field} not found in /proc/self/status")
 
 
 class Problem:
@@ -121,11 +114,10 @@ def peak_memory_mb(prob: Problem, case: str) -> float:
     small = Problem(2, 8, 3, 16, 8, prob.S)
     small.step(case)  # page in the code paths and one-time state
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kb("VmRSS")
+    reset_peak()
+    base = status_kb("VmRSS")
     loss, grads = prob.step(case)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     if not (torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)):
         raise RuntimeError(f"benchmarks/pruned_rnnt.py: non-finite loss or gradient in case {case}")
     return (peak - base) / 1024
@@ -143,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)  # internal: child process
     args = p.parse_args(argv)
-    if not os.path.exists("/proc/self/clear_refs"):
+    if not peak_rss_available():
         print("benchmarks/pruned_rnnt.py: needs Linux /proc/self/clear_refs for peak memory", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)

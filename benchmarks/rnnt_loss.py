@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 
 import torch
 
+from _peak_rss import available as peak_rss_available, reset_peak, status_kb
 from just_asr.losses import rnnt_loss
 
 
@@ -82,19 +83,6 @@ def naive_rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, logit_lengths: 
     return -ll.mean()
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"benchmarks/rnnt_loss.py: {field} not found in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def time_runs(fn, make_input, repeats: int) -> dict:
     """Median/min wall time and median process CPU time of fwd+bwd over ``repeats`` runs."""
     wall, cpu = [], []
@@ -114,11 +102,11 @@ def peak_memory(fn, make_input) -> float:
     """Extra peak RSS (MB) of one fwd+bwd, relative to the RSS just before it."""
     x = make_input()
     gc.collect()
-    _reset_peak()
-    base = _rss_kb("VmRSS")
+    reset_peak()
+    base = status_kb("VmRSS")
     loss = fn(x)
     (g,) = torch.autograd.grad(loss, x)
-    peak = _rss_kb("VmHWM")
+    peak = status_kb("VmHWM")
     if not bool(torch.isfinite(g).all()):
         raise RuntimeError("benchmarks/rnnt_loss.py: non-finite gradient")
     return (peak - base) / 1024
@@ -136,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--memory-case", type=int, default=None, help=argparse.SUPPRESS)  # internal
     args = p.parse_args(argv)
-    if not os.path.exists("/proc/self/clear_refs"):
+    if not peak_rss_available():
         print("benchmarks/rnnt_loss.py: needs Linux /proc/self/clear_refs for peak-memory measurement", file=sys.stderr)
         return 2
 
