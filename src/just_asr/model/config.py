@@ -153,6 +153,10 @@ class DecoderConfig:
     is computed.
 
     Attributes:
+        predictor: ``"lstm"`` (embedding + LSTM, the paper's) or ``"stateless"`` (icefall's
+            embedding + a causal convolution over the last ``context_size`` tokens; its width is
+            ``embed_dim``): it cannot memorise transcripts, which helps small corpora.
+        context_size: tokens the stateless predictor sees (icefall: 2).
         embed_dim, hidden_dim, num_layers, dropout: predictor (embedding + LSTM) sizes.
         joint_dim: width of the joiner's joint space.
         joiner_activation: non-linearity inside the joiner.
@@ -178,6 +182,8 @@ class DecoderConfig:
             sub-batch's lattice. The loss and gradients are identical (NeMo's "fused batch size").
     """
 
+    predictor: Literal["lstm", "stateless"] = "lstm"
+    context_size: int = 2
     embed_dim: int = 128
     hidden_dim: int = 256
     num_layers: int = 1
@@ -206,6 +212,10 @@ class LossWeights:
             e.g. 0.01..1).
         diversity: alpha (0.1 as in w2v-BERT).
         mlm: gamma (1.0 as in w2v-BERT).
+        ctc: weight of an auxiliary CTC loss on the encoder output that feeds the joiner (a linear
+            head ``ctc_head``, blank 0; same reduction as the RNN-T term). ``0`` (default, the
+            paper) builds no head. A small weight (ESPnet/NeMo use 0.1-0.3) speeds up the encoder's
+            alignment learning when training from scratch on little data.
         rnnt_reduction: ``"token"`` (default): the summed negative log-likelihood of all transcribed
             utterances divided by their total number of target tokens (per-token mean, which keeps
             L_rnnt on the same per-frame/per-token scale as the self-supervised terms);
@@ -217,6 +227,7 @@ class LossWeights:
     ssl: float = 1.0
     diversity: float = 0.1
     mlm: float = 1.0
+    ctc: float = 0.0
     rnnt_reduction: Literal["token", "utterance"] = "token"
 
 
@@ -398,6 +409,7 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
     d = cfg.decoder
     for name in ("embed_dim", "hidden_dim", "num_layers", "joint_dim"):
         need(getattr(d, name) > 0, f"decoder.{name}", "must be positive")
+    need(d.context_size >= 1, "decoder.context_size", "must be >= 1")
     need(d.prune_range >= 2, "decoder.prune_range", "must be >= 2")
     need(d.simple_loss_scale >= 0.0, "decoder.simple_loss_scale", "must be >= 0")
     need(d.rnnt_warmup_steps >= 0, "decoder.rnnt_warmup_steps", "must be >= 0")
@@ -408,9 +420,10 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
     need(d.fused_batch_size is None or d.fused_batch_size >= 1, "decoder.fused_batch_size",
          "must be null or >= 1")
     w = cfg.loss
-    for name in ("rnnt", "ssl", "diversity", "mlm"):
+    for name in ("rnnt", "ssl", "diversity", "mlm", "ctc"):
         need(getattr(w, name) >= 0.0, f"loss.{name}", "must be >= 0")
     need(w.rnnt > 0 or w.ssl > 0, "loss.rnnt", "and loss.ssl cannot both be 0 (nothing to train)")
+    need(w.ctc == 0 or w.rnnt > 0, "loss.ctc", "needs loss.rnnt > 0 (the CTC head reads the RNN-T branch's encoder output)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.utils.checkpoint
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from just_asr.losses import codebook_perplexity, contrastive_loss, diversity_loss, mlm_loss, rnnt_loss
@@ -67,7 +68,7 @@ from .conformer import ConformerStack
 from .frontend import build_frontend
 from .masking import SpanMasker
 from .quantizer import GumbelQuantizer
-from .transducer import Joiner, Predictor
+from .transducer import Joiner, Predictor, StatelessPredictor, build_predictor
 
 
 @dataclass
@@ -103,6 +104,7 @@ class JustOutput:
         rnnt_simple_nll, rnnt_pruned_nll: float32 ``(B_text,)`` the two pruned-path terms, unscaled.
         rnnt_scales: ``(simple_scale, pruned_scale)`` used (pruned path).
         rnnt_logit_lens: int64 ``(B_text,)``.
+        ctc_logits: ``(B_text, T'_max, V)`` auxiliary CTC head output (``loss.ctc > 0`` only).
         rnnt_targets: int64 ``(B_text, U_max)``.
         rnnt_target_lens: int64 ``(B_text,)``.
         encoder_out: ``(B_text, T'_max, D)`` encoder output fed to the joiner.
@@ -135,6 +137,7 @@ class JustOutput:
     rnnt_simple_nll: Tensor | None = None
     rnnt_pruned_nll: Tensor | None = None
     rnnt_scales: tuple[float, float] | None = None
+    ctc_logits: Tensor | None = None
 
     @property
     def has_ssl(self) -> bool:
@@ -156,6 +159,9 @@ class JustOutput:
           pruned`` the per-utterance value is ``simple_scale * simple + pruned_scale * pruned`` and
           the metrics ``rnnt_simple``/``rnnt_pruned`` (same reduction, unscaled) and
           ``rnnt_simple_scale``/``rnnt_pruned_scale`` are added.
+        * ``ctc`` (``loss.ctc > 0``): CTC negative log-likelihood of the auxiliary head on the same
+          encoder output, same reduction as ``rnnt``; utterances CTC cannot align (more labels
+          plus repeats than frames) count as 0 (``zero_infinity``).
         * ``contrastive``: mean over masked frames (see ``just_asr.losses``).
         * ``diversity``: of the batch-averaged code distribution ``(G, V)``.
         * ``mlm``: cross-entropy averaged over masked frames (and codebooks).
@@ -173,6 +179,10 @@ class JustOutput:
                 rnnt = self._rnnt_term(metrics)
                 terms["rnnt"] = rnnt
                 total = total + w.rnnt * rnnt
+            if w.ctc > 0 and self.ctc_logits is not None:
+                ctc = self._ctc_term()
+                terms["ctc"] = ctc
+                total = total + w.ctc * ctc
             if self.has_ssl:
                 assert self.mask is not None and self.quantized is not None and self.mlm_logits is not None
                 assert self.code_ids is not None and self.code_probs is not None and self.context is not None
@@ -195,6 +205,23 @@ class JustOutput:
                 metrics["masked_fraction"] = self.mask.sum().float() / n_valid
                 metrics["gumbel_temperature"] = torch.tensor(self.gumbel_temperature, device=device)
         return LossOutput(total=total, terms=terms, metrics=metrics)
+
+    def _reduce(self, per_utt: Tensor) -> Tensor:
+        """Reduce per-utterance values of the transcribed rows per ``weights.rnnt_reduction``."""
+        assert self.rnnt_target_lens is not None
+        if self.weights.rnnt_reduction == "token":
+            return per_utt.sum() / self.rnnt_target_lens.sum().clamp(min=1).float()
+        return per_utt.mean()
+
+    def _ctc_term(self) -> Tensor:
+        assert self.ctc_logits is not None and self.rnnt_targets is not None
+        assert self.rnnt_logit_lens is not None and self.rnnt_target_lens is not None
+        log_probs = self.ctc_logits.float().log_softmax(-1).transpose(0, 1)  # (T', B_text, V)
+        per_utt = F.ctc_loss(
+            log_probs, self.rnnt_targets, self.rnnt_logit_lens, self.rnnt_target_lens, blank=0,
+            reduction="none", zero_infinity=True,
+        )  # (B_text,)
+        return self._reduce(per_utt)
 
     def _rnnt_term(self, metrics: dict[str, Tensor]) -> Tensor:
         device = self.latent_lens.device
@@ -285,13 +312,17 @@ class JustModel(nn.Module):
         self.target_proj = nn.Linear(code_dim, cfg.contrastive.final_dim)
         self.mlm_head = nn.Linear(d, q.num_codebooks * q.codebook_size)
         dc = cfg.decoder
-        self.predictor = Predictor(vocab_size, dc.embed_dim, dc.hidden_dim, dc.num_layers, dc.dropout, blank_id=0)
-        self.joiner = Joiner(d, dc.hidden_dim, dc.joint_dim, vocab_size, dc.joiner_activation)
+        self.predictor: Predictor | StatelessPredictor = build_predictor(
+            dc.predictor, vocab_size, dc.embed_dim, dc.hidden_dim, dc.num_layers, dc.dropout, dc.context_size, blank_id=0
+        )
+        p_dim = self.predictor.output_dim
+        self.joiner = Joiner(d, p_dim, dc.joint_dim, vocab_size, dc.joiner_activation)
+        self.ctc_head: nn.Linear | None = nn.Linear(d, vocab_size) if cfg.loss.ctc > 0 else None
         self.simple_am_proj: nn.Linear | None = None
         self.simple_lm_proj: nn.Linear | None = None
         if dc.rnnt == "pruned":
             self.simple_am_proj = nn.Linear(d, vocab_size)
-            self.simple_lm_proj = nn.Linear(dc.hidden_dim, vocab_size)
+            self.simple_lm_proj = nn.Linear(p_dim, vocab_size)
         self.current_step = 0  # set by set_step(); drives the pruned-loss warm-up
 
     # ------------------------------------------------------------------ public helpers
@@ -324,6 +355,8 @@ class JustModel(nn.Module):
             "predictor": [self.predictor],
             "joiner": [self.joiner],
         }
+        if self.ctc_head is not None:
+            groups["ctc_head"] = [self.ctc_head]
         if self.simple_am_proj is not None and self.simple_lm_proj is not None:
             groups["simple_heads"] = [self.simple_am_proj, self.simple_lm_proj]
         out = {name: sum(p.numel() for m in mods for p in m.parameters()) for name, mods in groups.items()}
@@ -423,6 +456,9 @@ class JustModel(nn.Module):
                 jdtype = self.joiner.output.weight.dtype
                 with torch.autocast(device_type=enc.device.type, enabled=False):
                     out.rnnt_logits = self.joiner(enc.to(jdtype).unsqueeze(2), pred.to(jdtype).unsqueeze(1))
+            if self.ctc_head is not None:
+                with torch.autocast(device_type=enc.device.type, enabled=False):
+                    out.ctc_logits = self.ctc_head(enc.to(self.ctc_head.weight.dtype))
             out.rnnt_rows = rows
             out.rnnt_logit_lens = enc_lens
             out.rnnt_targets = tg

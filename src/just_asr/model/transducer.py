@@ -94,6 +94,84 @@ class Predictor(nn.Module):
         return out.squeeze(1), state
 
 
+class StatelessPredictor(nn.Module):
+    """Embedding + a short causal convolution over the last ``context_size`` tokens (icefall's
+    "stateless" transducer decoder, Ghodsi et al. 2020).
+
+    It sees only a fixed window of previous tokens, so unlike an LSTM it cannot memorise whole
+    training transcripts; on small corpora that keeps the joiner relying on the encoder.
+
+    Its decoding state mimics the LSTM's ``(h, c)`` so the same searches work: ``h`` holds the
+    last ``context_size - 1`` tokens as int64 ``(1, B, context_size - 1)`` and ``c`` is an empty
+    float ``(1, B, 0)``.
+
+    Args:
+        vocab_size: number of output units including blank.
+        embed_dim: token embedding width (= output width).
+        context_size: tokens seen per position, the current one included (icefall: 2).
+        dropout: dropout on the embedding.
+        blank_id: id of blank, the start symbol and the left padding of the context.
+    """
+
+    def __init__(
+        self, vocab_size: int, embed_dim: int = 256, context_size: int = 2, dropout: float = 0.1, blank_id: int = 0
+    ) -> None:
+        super().__init__()
+        if context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {context_size}")
+        self.vocab_size = vocab_size
+        self.blank_id = blank_id
+        self.context_size = context_size
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        groups = embed_dim // 4 if embed_dim % 4 == 0 else 1
+        self.conv = (
+            nn.Conv1d(embed_dim, embed_dim, context_size, groups=groups, bias=False) if context_size > 1 else None
+        )
+        self.output_dim = embed_dim
+
+    def prepend_blank(self, targets: Tensor) -> Tensor:
+        """``targets: (B, U)`` -> ``(B, U+1)`` with blank (the start symbol) in front."""
+        start = torch.full_like(targets[:, :1], self.blank_id)
+        return torch.cat([start, targets], dim=1)
+
+    def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """``tokens: (B, S)`` -> ``(out (B, S, embed_dim), state)``; position s reads tokens
+        ``s - context_size + 1 .. s`` (earlier ones from ``state``, blank before the start)."""
+        b = tokens.size(0)
+        k = self.context_size - 1
+        if state is None:
+            prev = torch.full((b, k), self.blank_id, dtype=tokens.dtype, device=tokens.device)
+        else:
+            prev = state[0][0].to(tokens.dtype)
+        full = torch.cat([prev, tokens], dim=1)  # (B, k + S)
+        x = self.dropout(self.embedding(full))
+        if self.conv is not None:
+            x = torch.relu(self.conv(x.transpose(1, 2)).transpose(1, 2))  # (B, S, E)
+        else:
+            x = torch.relu(x)
+        new_state = (full[:, full.size(1) - k :].unsqueeze(0), x.new_zeros(1, b, 0))
+        return x, new_state
+
+    def step(self, last_tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
+        """One decoding step. ``last_tokens: (B,)`` -> ``(out: (B, embed_dim), state)``."""
+        out, state = self.forward(last_tokens.unsqueeze(1), state)
+        return out.squeeze(1), state
+
+
+def build_predictor(
+    kind: str, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int, dropout: float,
+    context_size: int = 2, blank_id: int = 0,
+) -> "Predictor | StatelessPredictor":
+    """``kind="lstm"``: :class:`Predictor`; ``"stateless"``: :class:`StatelessPredictor` (its width is
+    ``embed_dim``; ``hidden_dim``/``num_layers`` are unused)."""
+    if kind == "lstm":
+        return Predictor(vocab_size, embed_dim, hidden_dim, num_layers, dropout, blank_id=blank_id)
+    if kind == "stateless":
+        return StatelessPredictor(vocab_size, embed_dim, context_size, dropout, blank_id=blank_id)
+    raise ValueError(f"unknown predictor kind {kind!r}; choose 'lstm' or 'stateless'")
+
+
 class Joiner(nn.Module):
     """``logits = out(act(enc_proj(enc) + pred_proj(pred)))``.
 

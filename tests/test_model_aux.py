@@ -1,0 +1,118 @@
+"""Stateless predictor and the auxiliary CTC term: values against independent computations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from just_asr.decode import decode
+from just_asr.model import JustModel
+from just_asr.model.transducer import Joiner, StatelessPredictor
+
+from test_model_just import VOCAB, make_batch, make_cfg
+
+
+def test_stateless_predictor_sees_exactly_its_context_window() -> None:
+    torch.manual_seed(0)
+    pred = StatelessPredictor(vocab_size=9, embed_dim=8, context_size=3, dropout=0.0).eval()
+    y = torch.tensor([[0, 4, 5, 6, 7, 8]])
+    out, _ = pred(y)
+    # Independent formula: out[s] = relu(sum_k W[:, :, k] @ emb(token[s - 2 + k])) with blank padding.
+    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), y], 1)
+    e = pred.embedding(padded)[0]  # (S+2, E)
+    w = pred.conv.weight  # (E, E/groups, 3)
+    groups = pred.conv.groups
+    gsize = 8 // groups
+    for s in range(y.size(1)):
+        window = e[s : s + 3]  # (3, E)
+        want = torch.zeros(8)
+        for o in range(8):
+            g = o // gsize
+            want[o] = (w[o] * window[:, g * gsize : (g + 1) * gsize].t()).sum()
+        torch.testing.assert_close(out[0, s], torch.relu(want), atol=1e-6, rtol=1e-5)
+    # Changing a token more than context_size-1 positions back leaves later outputs unchanged.
+    y2 = y.clone()
+    y2[0, 1] = 2
+    out2, _ = pred(y2)
+    torch.testing.assert_close(out2[0, 4:], out[0, 4:])
+    assert not torch.allclose(out2[0, 1:4], out[0, 1:4])
+
+
+def test_stateless_predictor_steps_equal_the_whole_sequence() -> None:
+    torch.manual_seed(1)
+    pred = StatelessPredictor(vocab_size=9, embed_dim=8, context_size=2, dropout=0.0).eval()
+    y = torch.tensor([[0, 3, 3, 8, 1], [0, 2, 7, 7, 4]])
+    full, _ = pred(y)
+    state = None
+    for s in range(y.size(1)):
+        o, state = pred.step(y[:, s], state)
+        torch.testing.assert_close(o, full[:, s])
+    assert state[0].shape == (1, 2, 1) and state[1].shape == (1, 2, 0)
+
+
+def test_stateless_model_greedy_equals_beam_one_and_trains() -> None:
+    torch.manual_seed(0)
+    cfg = make_cfg(decoder={"predictor": "stateless", "embed_dim": 8, "joint_dim": 10, "dropout": 0.0},
+                   loss={"ssl": 0.0})
+    model = JustModel(cfg, VOCAB)
+    assert isinstance(model.predictor, StatelessPredictor)
+    b = make_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        out = model(b["features"], b["feature_lens"], b["targets"], b["target_lens"], b["has_text"])
+        loss = out.compute_loss().total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        enc, lens = model.encode(b["features"], b["feature_lens"])
+        g = decode(model.predictor, model.joiner, enc, lens, blank_id=0, method="greedy")
+        k1 = decode(model.predictor, model.joiner, enc, lens, blank_id=0, method="beam", beam=1)
+        k4 = decode(model.predictor, model.joiner, enc, lens, blank_id=0, method="beam", beam=4)
+    assert g.tokens == k1.tokens
+    assert len(k4.tokens) == 3
+
+
+def test_ctc_term_equals_torch_ctc_on_the_encoder_output() -> None:
+    torch.manual_seed(0)
+    for branch, ssl in (("unmasked", 0.0), ("masked", 1.0)):
+        cfg = make_cfg(loss={"ssl": ssl, "ctc": 0.3}, rnnt_branch=branch)
+        model = JustModel(cfg, VOCAB).eval()
+        assert model.ctc_head is not None
+        b = make_batch()
+        b["has_text"][1] = False
+        b["target_lens"][1] = 0
+        out = model(b["features"], b["feature_lens"], b["targets"], b["target_lens"], b["has_text"])
+        res = out.compute_loss()
+        rows = [0, 2]
+        enc = out.encoder_out
+        lp = model.ctc_head(enc).log_softmax(-1)
+        want = 0.0
+        for i, r in enumerate(rows):
+            t = int(out.rnnt_logit_lens[i])
+            u = int(b["target_lens"][r])
+            want += F.ctc_loss(lp[i : i + 1, :t].transpose(0, 1), b["targets"][r : r + 1, :u],
+                               torch.tensor([t]), torch.tensor([u]), blank=0, reduction="sum")
+        want = want / b["target_lens"][rows].sum()
+        torch.testing.assert_close(res.terms["ctc"], want.float(), rtol=1e-5, atol=1e-6)
+        expected_total = res.terms["rnnt"] + 0.3 * res.terms["ctc"]
+        if ssl:
+            t = res.terms
+            expected_total = expected_total + t["contrastive"] + 0.1 * t["diversity"] + t["mlm"]
+        torch.testing.assert_close(res.total, expected_total, rtol=1e-5, atol=1e-5)
+
+
+def test_no_ctc_head_without_weight_and_ctc_needs_rnnt() -> None:
+    model = JustModel(make_cfg(loss={"ssl": 0.0}), VOCAB)
+    assert model.ctc_head is None
+    assert not any(k.startswith("ctc_head") for k in model.state_dict())
+    import pytest
+
+    with pytest.raises(ValueError, match="loss.ctc"):
+        make_cfg(loss={"rnnt": 0.0, "ssl": 1.0, "ctc": 0.2})
+    with pytest.raises(ValueError, match="decoder.predictor|predictor"):
+        make_cfg(decoder={"predictor": "gru"})
