@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare-untranscribed": ("prepare_untranscribed", "turn a folder of audio into cuts without text (self-supervised data)"),
     "train-tokenizer": ("train_tokenizer", "train the multilingual SentencePiece tokenizer"),
     "compute-cmvn": ("compute_cmvn", "compute global feature mean/variance from training cuts"),
+    "export-shar": ("export_shar", "write lhotse Shar shards (audio or features + cuts) for streaming training"),
     "model-info": ("model_info", "print parameter counts per component for a model config"),
     "fit": ("fit", "train a model (Lightning CLI: --config, --print-config, overrides)"),
     "export": ("export", "turn a training checkpoint into a model directory (safetensors)"),
