@@ -153,3 +153,13 @@ def test_fit_alias_rewriting():
 
     assert _rewrite_aliases(["--init-from", "x.ckpt", "--resume", "--init_from=y", "--model.lr", "1"]) == [
         "--model.init_from", "x.ckpt", "--ckpt_path", "last", "--model.init_from=y", "--model.lr", "1"]
+
+
+def test_ddp_padding_duplicates_are_recognised() -> None:
+    from just_asr.train.module import _is_padding_duplicate
+
+    assert _is_padding_duplicate("8890_6589_000021_dup1")
+    assert _is_padding_duplicate("a_dup12")
+    assert not _is_padding_duplicate("8890_6589_000021")
+    assert not _is_padding_duplicate("speaker_dupont_000001")
+    assert not _is_padding_duplicate("_dup3")

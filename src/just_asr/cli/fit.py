@@ -20,7 +20,11 @@ Besides Lightning's ``model``/``data``/``trainer``/``seed_everything`` groups th
 * ``--init-from PATH``: alias of ``--model.init_from`` (initialise matching weights).
 
 Checkpoints go to ``checkpoint.dirpath`` (default ``<trainer.default_root_dir>/checkpoints``),
-TensorBoard logs to ``<trainer.default_root_dir>/lightning_logs``.
+TensorBoard logs to ``<trainer.default_root_dir>/lightning_logs``. They are written atomically
+(``<name>.tmp``, fsync, rename: :mod:`just_asr.train.checkpointing`), so a run killed at any moment
+leaves the previous checkpoint loadable, and read back with ``weights_only=True`` (no pickled code
+runs). A resumed run continues mid-epoch: the DataModule's state in the checkpoint says how many
+training batches were consumed and the sampler skips them (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -104,6 +108,12 @@ def _make_cli_class():
             for key in ("checkpoint", "periodic_checkpoint"):
                 if cfg[key].get("dirpath") is None:
                     cfg[key].dirpath = str(root / "checkpoints")
+            if cfg.trainer.get("strategy") == "ddp":
+                # Supervised-only, pretraining-only and untranscribed-only batches leave some
+                # parameters without a gradient on some ranks; plain DDP then fails or hangs.
+                cfg.trainer.strategy = "ddp_find_unused_parameters_true"
+                print("just-asr fit: using strategy 'ddp_find_unused_parameters_true' (JUST's branches "
+                      "leave parameters unused on some steps)", flush=True)
 
     return JustCLI
 
@@ -111,6 +121,10 @@ def _make_cli_class():
 def _resolve_ckpt(ckpt_path: str | None, dirpath: str) -> str | None:
     if ckpt_path is None:
         return None
+    from just_asr.train.checkpointing import remove_stale_temporaries
+
+    for stale in remove_stale_temporaries(dirpath):
+        print(f"removed {stale} (a checkpoint write interrupted by the previous run)", flush=True)
     if ckpt_path == "last":
         last = Path(dirpath) / "last.ckpt"
         if last.is_file():
@@ -160,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:  # bad data paths, tokenizer, model config values
         print(f"just-asr fit: error: {exc}", file=sys.stderr, flush=True)
         return 1
+    from just_asr.train.checkpointing import AtomicCheckpointIO
+
+    cli.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     try:
         ckpt = _resolve_ckpt(cli.config.get("ckpt_path"), cli.config.checkpoint.dirpath)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
         _save_final_last(cli.trainer, cli.config.periodic_checkpoint.dirpath)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"just-asr fit: error: {exc}", file=sys.stderr, flush=True)

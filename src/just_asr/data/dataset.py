@@ -137,6 +137,11 @@ class AsrDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self._generator: torch.Generator | None = None
 
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation RNG from ``seed`` (the next batch's SpecAugment masks depend only
+        on it; used for exact mid-epoch resume)."""
+        self._generator = torch.Generator().manual_seed(int(seed) % (2**63 - 1))
+
     def _rng(self) -> torch.Generator:
         if self._generator is None:
             info = torch.utils.data.get_worker_info()

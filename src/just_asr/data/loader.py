@@ -12,6 +12,13 @@ Evaluation: one pass over the cuts in duration buckets, no shuffling, no droppin
 
 Both return ``torch.utils.data.DataLoader`` objects yielding the batch dict of
 :mod:`just_asr.data.dataset` (``batch_size=None``: the sampler makes the batches).
+
+Exact resume: the training sampler is a :class:`ResumableSampler`. It numbers the batches of the
+stream (0, 1, 2, ...) and, after :meth:`ResumableSampler.resume_from` ``n``, regenerates the
+seeded stream and skips its first ``n`` batches. Skipping reads only the cut manifests (lhotse
+builds the batches from cut metadata); no audio is decoded and no features are computed for them.
+SpecAugment's random generator is re-seeded from ``(seed, batch index)`` for every batch, so a
+resumed run draws the same masks as an uninterrupted one, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -64,6 +71,79 @@ def _sampler(cuts, num_buckets: int, **kwargs):
     for key in ("num_cuts_for_bins_estimate", "buffer_size", "sync_buckets"):
         kwargs.pop(key, None)
     return DynamicCutSampler(cuts, **kwargs)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Numbers the batches of a lhotse training sampler and can resume the stream mid-epoch.
+
+    Yields ``(index, CutSet)`` pairs, ``index`` counting batches from the start of the stream
+    (0-based). :meth:`resume_from` ``(n)`` makes the next iteration regenerate the stream from its
+    seed and skip its first ``n`` batches (lhotse's samplers are deterministic for a fixed seed,
+    epoch, world size and cut order), so iteration continues with batch ``n``: exactly the batch
+    an uninterrupted run would have read next. Skipped batches cost only manifest reading.
+
+    The count of batches a training loop has *consumed* is kept by the caller (the DataModule):
+    the DataLoader and Lightning fetch batches ahead, so what this sampler has yielded is not
+    what was trained on.
+
+    Args:
+        sampler: a lhotse ``CutSampler`` (``DynamicBucketingSampler`` / ``DynamicCutSampler``).
+    """
+
+    def __init__(self, sampler) -> None:
+        self.sampler = sampler
+        self._start = 0
+
+    @property
+    def start(self) -> int:
+        """Index of the first batch the next iteration yields (0 unless resuming)."""
+        return self._start
+
+    def resume_from(self, batches_consumed: int) -> None:
+        """Make the next iteration continue the stream after its first ``batches_consumed`` batches."""
+        if batches_consumed < 0:
+            raise ValueError(f"batches_consumed must be >= 0, got {batches_consumed}")
+        self._start = int(batches_consumed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the lhotse sampler (Lightning calls it at each epoch start)."""
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        start = self._start
+        it = iter(self.sampler)  # a lhotse sampler restarts its (seeded) epoch on iter()
+        for skipped in range(start):
+            try:
+                next(it)
+            except StopIteration:
+                logger.warning("resume: the training stream ended after %d of the %d batches to skip; "
+                               "starting its next pass", skipped, start)
+                self._start = 0
+                return
+        index = start
+        while True:  # not ``for cuts in it``: iter() on a lhotse sampler would restart its epoch
+            try:
+                cuts = next(it)
+            except StopIteration:
+                break
+            # the skip applies once: a later pass (next epoch of a finite stream) starts at 0
+            self._start = 0
+            yield index, cuts
+            index += 1
+        self._start = 0
+
+
+class _StreamDataset(AsrDataset):
+    """:class:`AsrDataset` over ``(index, CutSet)`` items of a :class:`ResumableSampler`: the
+    SpecAugment generator is re-seeded from ``(seed, index)`` before each batch, so the masks of
+    batch ``index`` do not depend on what came before it (exact resume, any worker count)."""
+
+    def __getitem__(self, item) -> dict:
+        if isinstance(item, tuple):
+            index, cuts = item
+            self.reseed(self.seed * 1_000_003 + int(index) * 7_919 + 17)
+            return super().__getitem__(cuts)
+        return super().__getitem__(item)
 
 
 def _load_cmvn(cmvn: GlobalCMVN | str | Path | None) -> GlobalCMVN | None:
@@ -128,6 +208,10 @@ def make_train_dataloader(
         errors: collector for bad cuts (default: a new ``skip`` collector at
             ``loader.errors``).
         stats: per-language cut counts/hours if already known (skips a counting pass).
+
+    The loader's sampler is a :class:`ResumableSampler` (``loader.sampler.resume_from(n)`` continues
+    the stream after ``n`` batches); SpecAugment is re-seeded per batch from ``(seed, rank, batch
+    index)``.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
@@ -155,7 +239,7 @@ def make_train_dataloader(
         rank=rank,
         seed=seed,
     )
-    dataset = AsrDataset(
+    dataset = _StreamDataset(
         tokenizer,
         cmvn=_load_cmvn(cmvn),
         feature_source=feature_source,
@@ -166,7 +250,7 @@ def make_train_dataloader(
     )
     loader = torch.utils.data.DataLoader(
         dataset,
-        sampler=sampler,
+        sampler=ResumableSampler(sampler),
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

@@ -172,9 +172,10 @@ class NonFiniteGuard(pl.Callback):
         self._pending_nonfinite_loss = False
         if self.consecutive >= self.max_consecutive:
             raise RuntimeError(
-                f"{self.consecutive} consecutive updates had a non-finite loss or gradient (last cut ids: "
-                f"{', '.join(ids[:20])}); stopping. Lower the learning rate, check the data with these "
-                f"cut ids, or raise NonFiniteGuard.max_consecutive."
+                f"{self.consecutive} consecutive updates had a non-finite loss or gradient (the limit, "
+                f"nonfinite_guard.max_consecutive, is {self.max_consecutive}); stopping at step "
+                f"{trainer.global_step}. Last batch's cut ids: [{shown}]. Lower the learning rate, check the "
+                f"data with these cut ids, or raise --nonfinite_guard.max_consecutive."
             )
 
     def state_dict(self) -> dict[str, Any]:

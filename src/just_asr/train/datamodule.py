@@ -9,6 +9,18 @@ cuts of every language (optionally capped per language).
 Batches are the dicts of docs/architecture.md; with ``spec_augment`` set, training batches also
 carry ``supervised_features`` (the SpecAugmented copy the model's supervised branch reads).
 
+Sharded corpora: with ``shar_dir`` (the folder of ``just-asr export-shar``) training streams lhotse
+Shar shards instead (:mod:`just_asr.data.shar`): each rank and DataLoader worker reads its own
+shards sequentially, reshuffled at each pass, and the languages are mixed with the same
+temperature weights (cut counts and hours come from the Shar index). Dev cuts come from the Shar
+folder when it holds the dev split, else from ``manifest_dir``.
+
+Distributed training (DDP/FSDP): the rank and world size come from the trainer. The jsonl stream
+gives every rank every ``world_size``-th batch of one seeded stream (lhotse's sampler), the Shar
+stream gives each rank its own shards; either way the loaders shard the data themselves, so
+:meth:`JustDataModule.setup` turns off Lightning's replacement of the sampler by a
+``DistributedSampler`` (which cannot wrap an endless lhotse sampler).
+
 Example (what ``just-asr fit`` builds from ``data:`` in the YAML)::
 
     dm = JustDataModule("data/manifests", tokenizer="data/tokenizer.model", langs=["pl", "pt"],
@@ -31,7 +43,8 @@ class JustDataModule(pl.LightningDataModule):
     """Data for :class:`just_asr.train.module.JustLightningModule`.
 
     Args:
-        manifest_dir: folder written by ``just-asr prepare-mls``.
+        manifest_dir: folder written by ``just-asr prepare-mls`` (may be left out with ``shar_dir``
+          when the Shar folder also holds the dev split).
         tokenizer: the SentencePiece ``.model`` (the CLI links it to ``model.tokenizer``).
         langs: ISO codes or MLS names (list, or one comma-separated string); ``None``: all eight.
         train_split: ``train``, ``train-9hr``, ``train-1hr`` or ``train-10hr``.
@@ -54,11 +67,13 @@ class JustDataModule(pl.LightningDataModule):
         feature_source: ``auto`` | ``precomputed`` | ``on-the-fly``.
         num_buckets: duration buckets of the training sampler.
         max_cuts: cap on cuts per training batch.
+        shar_dir: folder (or URL prefix) of ``just-asr export-shar``; training then streams its
+          shards (see the module docstring). ``None``: read the jsonl manifests of ``manifest_dir``.
     """
 
     def __init__(
         self,
-        manifest_dir: str,
+        manifest_dir: str | None = None,
         tokenizer: str | None = None,
         langs: list[str] | str | None = None,
         train_split: str = "train",
@@ -77,6 +92,7 @@ class JustDataModule(pl.LightningDataModule):
         feature_source: str = "auto",
         num_buckets: int = 10,
         max_cuts: int | None = None,
+        shar_dir: str | None = None,
     ) -> None:
         super().__init__()
         from just_asr.data.languages import resolve_languages
@@ -87,8 +103,13 @@ class JustDataModule(pl.LightningDataModule):
             raise ValueError("data.untranscribed_ratio > 0 needs data.untranscribed (cut manifests without text)")
         if max_duration <= 0:
             raise ValueError(f"data.max_duration must be > 0, got {max_duration}")
+        if manifest_dir is None and shar_dir is None:
+            raise ValueError("set data.manifest_dir (just-asr prepare-mls) or data.shar_dir (just-asr export-shar)")
+        if shar_dir is not None and untranscribed:
+            raise ValueError("data.untranscribed is read from jsonl manifests and cannot be combined with data.shar_dir")
         self.save_hyperparameters()
-        self.manifest_dir = Path(manifest_dir)
+        self.manifest_dir = Path(manifest_dir) if manifest_dir is not None else None
+        self._shar_index = None
         self.tokenizer_path = tokenizer
         self.langs = [l.iso for l in resolve_languages(langs)]
         self._tokenizer = None
@@ -104,10 +125,34 @@ class JustDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     def _world(self) -> tuple[int, int]:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 1, 0
         return int(trainer.world_size), int(trainer.global_rank)
+
+    def setup(self, stage: str) -> None:
+        """Keep Lightning from wrapping our samplers in a ``DistributedSampler``.
+
+        Both training streams are sharded by rank here (see the module docstring), and the lhotse
+        samplers are endless and have no length, which Lightning's ``DistributedSamplerWrapper``
+        needs; so under DDP/FSDP the trainer's ``use_distributed_sampler`` is switched off (the same
+        as ``--trainer.use_distributed_sampler false``)."""
+        trainer = getattr(self, "trainer", None)
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if connector is not None and getattr(connector, "use_distributed_sampler", False) and trainer.world_size > 1:
+            connector.use_distributed_sampler = False
+            log.info("data: the loaders shard by rank themselves; Lightning's distributed sampler is off")
+
+    def shar_index(self):
+        """The :class:`~just_asr.data.shar.SharIndex` of ``shar_dir`` (``None`` without one)."""
+        if self.hparams.shar_dir is None:
+            return None
+        if self._shar_index is None:
+            from just_asr.data.shar import SharIndex
+
+            self._shar_index = SharIndex.load(self.hparams.shar_dir)
+        return self._shar_index
 
     def _spec_augment(self):
         cfg = self.hparams.spec_augment
@@ -144,6 +189,20 @@ class JustDataModule(pl.LightningDataModule):
 
         hp = self.hparams
         world_size, rank = self._world()
+        if hp.shar_dir is not None:
+            from just_asr.data.shar import make_shar_train_dataloader
+
+            loader = make_shar_train_dataloader(
+                self.shar_index(), self.langs, hp.train_split, self.tokenizer, max_duration=hp.max_duration,
+                temperature=hp.temperature, unit=hp.sampling_unit, num_workers=hp.num_workers,
+                world_size=world_size, rank=rank, seed=hp.seed, spec_augment=self._spec_augment(), cmvn=hp.cmvn,
+                feature_source=hp.feature_source, num_buckets=hp.num_buckets, max_cuts=hp.max_cuts,
+            )
+            self._train_loader = loader
+            resume = getattr(self, "_apply_resume", None)
+            if resume is not None:  # the Shar stream cannot skip batches: this warns when resuming
+                resume(loader)
+            return loader
         common = dict(
             max_duration=hp.max_duration, num_workers=hp.num_workers, world_size=world_size, rank=rank,
             seed=hp.seed, spec_augment=self._spec_augment(), cmvn=hp.cmvn, feature_source=hp.feature_source,
@@ -168,6 +227,7 @@ class JustDataModule(pl.LightningDataModule):
             loader = make_train_dataloader({"mix": stream}, self.tokenizer, temperature=1.0,
                                            stats={"mix": LanguageStats(1, 1.0)}, **common)
         self._train_loader = loader
+        self._apply_resume(loader)
         return loader
 
     def dev_cuts(self):
@@ -178,8 +238,15 @@ class JustDataModule(pl.LightningDataModule):
 
         cap = self.hparams.max_dev_cuts_per_lang
         parts = []
+        index = self.shar_index()
         for lang in self.langs:
-            cuts = load_manifests(self.manifest_dir, lang, self.hparams.dev_split, lazy=False)
+            split = self.hparams.dev_split
+            if index is not None and (index.has(lang, split) or self.manifest_dir is None):
+                from just_asr.data.shar import read_shar_cuts
+
+                cuts = read_shar_cuts(index, lang, split, self.hparams.feature_source)
+            else:
+                cuts = load_manifests(self.manifest_dir, lang, split, lazy=False)
             if cap is not None:
                 cuts = cuts.subset(first=min(cap, len(cuts)))
             parts.append(cuts)
@@ -197,3 +264,71 @@ class JustDataModule(pl.LightningDataModule):
                 num_workers=hp.num_workers, world_size=world_size, rank=rank, cmvn=hp.cmvn,
                 feature_source=hp.feature_source,
             )
+
+    # ------------------------------------------------------------------ exact resume
+    #: training batches the fit loop has taken from the stream (all ranks take the same number)
+    _batches_consumed: int = 0
+    #: batches to skip when the training loader is (re)built after a checkpoint was loaded
+    _resume_batches: int | None = None
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches the loop actually uses (Lightning calls this for each batch it
+        trains on, not for those the DataLoader or Lightning fetched ahead)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            self._batches_consumed += 1
+        return batch
+
+    def _stream_fingerprint(self) -> dict[str, Any]:
+        """The settings that decide the order of the training batches (plain types only)."""
+        hp = self.hparams
+        world_size, _ = self._world()
+        return {
+            "langs": list(self.langs), "train_split": str(hp.train_split), "max_duration": float(hp.max_duration),
+            "max_cuts": hp.max_cuts, "num_buckets": int(hp.num_buckets), "temperature": float(hp.temperature),
+            "sampling_unit": str(hp.sampling_unit), "seed": int(hp.seed),
+            "untranscribed": [str(p) for p in (hp.untranscribed or [])],
+            "untranscribed_ratio": float(hp.untranscribed_ratio), "world_size": int(world_size),
+            "shar_dir": None if hp.get("shar_dir") is None else str(hp.get("shar_dir")),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in Lightning checkpoints: how far into the training stream the run is (in batches),
+        and the settings that stream depends on. Plain types only (loads with ``weights_only=True``)."""
+        return {"train_batches_consumed": int(self._batches_consumed), "train_stream": self._stream_fingerprint()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training stream where the checkpoint left it: the next training loader skips
+        the batches already consumed (re-reading cut manifests only, no audio) and continues with
+        exactly the batch an uninterrupted run would have read next. If the data settings differ
+        from the checkpoint's, the same number of batches is skipped but a warning says that the
+        stream is not the one the checkpoint saw."""
+        n = int(state_dict.get("train_batches_consumed", 0))
+        saved = state_dict.get("train_stream")
+        if saved is not None:
+            now = self._stream_fingerprint()
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            if changed:
+                diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+                warnings.warn(
+                    f"resume: the training data settings changed since the checkpoint ({diffs}); skipping its "
+                    f"{n} consumed batches, but the resumed stream is not the one the checkpoint was reading",
+                    stacklevel=2,
+                )
+        self._batches_consumed = n
+        self._resume_batches = n
+        if self._train_loader is not None:
+            self._apply_resume(self._train_loader)
+
+    def _apply_resume(self, loader: Any) -> None:
+        n = self._resume_batches
+        if n is None:
+            return
+        sampler = getattr(loader, "sampler", None)
+        if not hasattr(sampler, "resume_from"):
+            warnings.warn(f"resume: the training loader's sampler ({type(sampler).__name__}) cannot skip the "
+                          f"{n} batches already consumed; the stream restarts", stacklevel=2)
+        else:
+            sampler.resume_from(n)
+            log.info("resume: the training stream continues after %d consumed batches", n)
+        self._resume_batches = None

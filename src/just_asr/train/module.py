@@ -119,6 +119,13 @@ def load_matching(
     return report
 
 
+def _is_padding_duplicate(cut_id: str) -> bool:
+    """True for the copies lhotse's distributed eval samplers add (``<id>_dup<k>``), which must
+    not be scored twice."""
+    head, sep, tail = str(cut_id).rpartition("_dup")
+    return bool(sep) and bool(head) and tail.isdigit()
+
+
 class JustLightningModule(pl.LightningModule):
     """Train a :class:`JustModel` in any regime (see the module docstring).
 
@@ -293,9 +300,10 @@ class JustLightningModule(pl.LightningModule):
         if self.arch.loss.rnnt <= 0 or self.tokenizer is None:
             return  # self-supervised only: no decoder to score
         tokens = self.decode_batch(batch["features"], batch["feature_lens"])
-        for toks, lang, ref, has in zip(tokens, batch["langs"], batch["texts"], batch["has_text"].tolist()):
-            if not has:
-                continue
+        cut_ids = batch.get("cut_ids") or [""] * len(tokens)
+        for toks, lang, ref, has, cid in zip(tokens, batch["langs"], batch["texts"], batch["has_text"].tolist(), cut_ids):
+            if not has or _is_padding_duplicate(cid):
+                continue  # DDP's eval sampler repeats a few cuts ("<id>_dup<k>") to even out ranks
             self._dev_hyps.setdefault(lang, []).append(self.tokenizer.decode(toks))
             self._dev_refs.setdefault(lang, []).append(ref)
 

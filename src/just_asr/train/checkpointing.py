@@ -1,0 +1,158 @@
+"""Atomic, pickle-free checkpoint files for Lightning.
+
+:class:`AtomicCheckpointIO` is the ``CheckpointIO`` plugin ``just-asr fit`` installs on its trainer:
+
+* **writes are atomic**: the checkpoint is serialised into ``<path>.tmp`` in the same folder, flushed
+  and ``fsync``-ed, then renamed over ``<path>`` with ``os.replace`` (atomic on POSIX and Windows),
+  and the folder is ``fsync``-ed so the rename itself survives a power cut. A process killed at any
+  moment (SIGKILL, out of memory, pre-emption) leaves either the previous complete checkpoint or
+  the new complete one at ``<path>``, never a torn file; at worst a stale ``<path>.tmp`` stays
+  behind (:func:`remove_stale_temporaries` deletes those; ``fit`` calls it on start).
+* **reads never unpickle code**: checkpoints are loaded with ``torch.load(weights_only=True)``,
+  which only rebuilds tensors and plain containers (dict, list, tuple, str, numbers, bool, None).
+  Everything our training state holds is of those types (the module saves its hyper-parameters as
+  plain dicts, the DataModule and callbacks save ints, floats and strings). A file that needs
+  anything else (a crafted pickle, a checkpoint holding arbitrary objects) is refused with a
+  ``ValueError`` naming the file; its payload never runs.
+
+Example::
+
+    trainer = pl.Trainer(plugins=[AtomicCheckpointIO()])
+    trainer.fit(model, datamodule=dm, ckpt_path="exp/checkpoints/last.ckpt", weights_only=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+#: suffix of the temporary file a checkpoint is written to before it is renamed into place
+TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(checkpoint: dict[str, Any], tmp: Path) -> None:
+    """Serialise ``checkpoint`` into ``tmp`` and force it to disk (flush + fsync)."""
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save(checkpoint, path)`` made atomic: write ``<path>.tmp``, fsync, ``os.replace``,
+    fsync the folder. On any error the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        _write_file(checkpoint, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    Raises ``FileNotFoundError`` when ``path`` is missing and ``ValueError`` when it is not a
+    checkpoint of tensors and plain containers (e.g. a pickle that would run code on loading: it is
+    refused before anything in it runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # the restricted unpickler met something it does not allow
+        raise ValueError(
+            f"{path}: refused to load: it holds more than tensors and plain containers (torch.load with "
+            f"weights_only=True: {_first_line(exc)}). This loader never runs code stored in a file; "
+            f"only open such a file with plain pickle if you trust its origin."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - RuntimeError (bad zip), EOFError...: re-raised with the name
+        raise ValueError(
+            f"{path}: cannot read the checkpoint (corrupt or truncated file?): {type(exc).__name__}: "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete ``*.ckpt.tmp`` files left in ``folder`` by a run killed while saving; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(folder.glob(f"*.ckpt{TMP_SUFFIX}"))
+    for p in stale:
+        try:
+            p.unlink()
+            log.info("removed %s, left by a run killed while it was saving a checkpoint", p)
+        except OSError as exc:
+            log.warning("could not remove stale temporary checkpoint %s: %s", p, exc)
+    return stale
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO`` with atomic local writes and ``weights_only=True`` reads.
+
+    Only local paths are supported (``ValueError`` for URLs such as ``s3://``: their atomicity
+    would need the object store's own rules).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint does not take storage_options")
+        if "://" in str(path):
+            raise ValueError(f"{path}: AtomicCheckpointIO writes local files only")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path: Any,
+        map_location: Callable | Any | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        if weights_only is False:
+            raise ValueError(
+                f"{path}: AtomicCheckpointIO loads checkpoints with weights_only=True only (no arbitrary pickles)"
+            )
+        ckpt = safe_torch_load(path, map_location=map_location)
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"{path}: not a Lightning checkpoint (a {type(ckpt).__name__}, not a dict)")
+        return ckpt
+
+    def remove_checkpoint(self, path: Any) -> None:
+        p = Path(path)
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            log.debug("removed checkpoint %s", p)
