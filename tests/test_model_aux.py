@@ -116,3 +116,24 @@ def test_no_ctc_head_without_weight_and_ctc_needs_rnnt() -> None:
         make_cfg(loss={"rnnt": 0.0, "ssl": 1.0, "ctc": 0.2})
     with pytest.raises(ValueError, match="decoder.predictor|predictor"):
         make_cfg(decoder={"predictor": "gru"})
+
+
+def test_residual_init_scale_scales_exactly_the_branch_outputs() -> None:
+    torch.manual_seed(0)
+    ref = JustModel(make_cfg(), VOCAB)
+    torch.manual_seed(0)
+    small = JustModel(make_cfg(encoder={"residual_init_scale": 0.25}), VOCAB)
+    ref_sd, small_sd = ref.state_dict(), small.state_dict()
+    scaled = [k for k in ref_sd if k.endswith(("output_dense.weight", "linear_out.weight", "pointwise_conv2.weight"))
+              and "_stack." in k]
+    # 2 stacks x 1 layer x (2 feed-forwards + attention + conv) = 8 layers
+    assert len(scaled) == 8
+    for k in ref_sd:
+        if k in scaled:
+            torch.testing.assert_close(small_sd[k], 0.25 * ref_sd[k])
+        else:
+            assert torch.equal(small_sd[k], ref_sd[k]), k
+    import pytest
+
+    with pytest.raises(ValueError, match="residual_init_scale"):
+        make_cfg(encoder={"residual_init_scale": 0.0})

@@ -262,6 +262,20 @@ class JustOutput:
         return reduce(per_utt)
 
 
+def scale_residual_branches(stack: nn.Module, scale: float) -> int:
+    """Multiply the weights of the last layer of every residual branch of a conformer stack by
+    ``scale`` (feed-forward ``output_dense``, attention ``linear_out``, conv module
+    ``pointwise_conv2``); returns how many layers were scaled. See
+    ``EncoderConfig.residual_init_scale``."""
+    n = 0
+    with torch.no_grad():
+        for name, module in stack.named_modules():
+            if name.rsplit(".", 1)[-1] in ("output_dense", "linear_out", "pointwise_conv2"):
+                module.weight.mul_(scale)
+                n += 1
+    return n
+
+
 def _check_batch(
     features: Tensor, feature_lens: Tensor, targets: Tensor, target_lens: Tensor, has_text: Tensor
 ) -> None:
@@ -306,6 +320,9 @@ class JustModel(nn.Module):
         self.frontend = build_frontend(cfg.frontend, d)
         self.contrastive_stack = ConformerStack(e, cfg.contrastive.num_layers)
         self.mlm_stack = ConformerStack(e, cfg.mlm.num_layers)
+        if e.residual_init_scale != 1.0:
+            for stack in (self.contrastive_stack, self.mlm_stack):
+                scale_residual_branches(stack, e.residual_init_scale)
         self.masker = SpanMasker(cfg.masking, d)
         self.quantizer = GumbelQuantizer(d, q.num_codebooks, q.codebook_size, code_dim, q.temperature_start)
         self.context_proj = nn.Linear(d, cfg.contrastive.final_dim)
