@@ -163,3 +163,23 @@ def test_ddp_padding_duplicates_are_recognised() -> None:
     assert not _is_padding_duplicate("8890_6589_000021")
     assert not _is_padding_duplicate("speaker_dupont_000001")
     assert not _is_padding_duplicate("_dup3")
+
+
+def test_constant_schedule_warms_up_then_holds() -> None:
+    import torch
+
+    from just_asr.train.optim import build_noam_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=0.5)
+    sched = build_noam_scheduler(opt, 4, "constant")
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == [0.125, 0.25, 0.375, 0.5, 0.5, 0.5, 0.5]
+    import pytest
+
+    with pytest.raises(ValueError, match="lr_schedule"):
+        build_noam_scheduler(opt, 4, "cosine")

@@ -142,7 +142,9 @@ class JustLightningModule(pl.LightningModule):
         optimizer: ``adamw`` or ``adam``.
         lr: peak learning rate of the Noam schedule.
         decoder_lr: peak learning rate of the predictor and joiner (default: ``lr``).
-        warmup_steps: Noam warm-up length in optimiser steps.
+        warmup_steps: warm-up length in optimiser steps.
+        lr_schedule: ``noam`` (linear warm-up, then ``lr * sqrt(warmup/step)``) or ``constant``
+          (linear warm-up, then ``lr`` held; for short runs such as the demo).
         betas, eps, weight_decay: optimiser settings (no decay on 1-D parameters).
         max_symbols_per_frame: greedy decoding limit for dev WER.
         seed: base of the per-step seeds.
@@ -161,6 +163,7 @@ class JustLightningModule(pl.LightningModule):
         lr: float = 1e-3,
         decoder_lr: float | None = None,
         warmup_steps: int = 1000,
+        lr_schedule: str = "noam",
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-9,
         weight_decay: float = 1e-3,
@@ -273,7 +276,7 @@ class JustLightningModule(pl.LightningModule):
         groups = param_groups(self.model, hp.lr, hp.decoder_lr, hp.weight_decay)
         opt = build_optimizer(groups, hp.optimizer, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
                               weight_decay=hp.weight_decay)
-        sched = build_noam_scheduler(opt, hp.warmup_steps)
+        sched = build_noam_scheduler(opt, hp.warmup_steps, hp.get("lr_schedule", "noam"))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ validation

@@ -112,6 +112,28 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'adamw'")
 
 
-def build_noam_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``LambdaLR`` applying the Noam curve to every group's own peak (its initial ``lr``)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, noam_factor(warmup_steps))
+def warmup_constant_factor(warmup_steps: int) -> Callable[[int], float]:
+    """``LambdaLR`` multiplier of the ``constant`` schedule: linear warm-up over ``warmup_steps``
+    optimiser steps, then the peak held (short runs, where Noam's decay starves learning)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+
+    def factor(s: int) -> float:
+        return 1.0 if warmup_steps == 0 else min((s + 1) / warmup_steps, 1.0)
+
+    return factor
+
+
+SCHEDULES = ("noam", "constant")
+
+
+def build_noam_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, schedule: str = "noam"
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` applying the schedule to every group's own peak (its initial ``lr``):
+    ``noam`` (warm-up then ``step^-0.5`` decay) or ``constant`` (warm-up then the peak held)."""
+    if schedule == "noam":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, noam_factor(warmup_steps))
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant_factor(warmup_steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {SCHEDULES}")
