@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncoderConfig
-from .frontend import lengths_to_padding_mask
+from .frontend import Dropout, lengths_to_padding_mask
 
 
 def _activation(name: str) -> nn.Module:
@@ -78,9 +78,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.intermediate_dense = nn.Linear(d_model, ffn_dim)
         self.activation = _activation(activation)
-        self.intermediate_dropout = nn.Dropout(dropout)
+        self.intermediate_dropout = Dropout(dropout)
         self.output_dense = nn.Linear(ffn_dim, d_model)
-        self.output_dropout = nn.Dropout(dropout)
+        self.output_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.intermediate_dropout(self.activation(self.intermediate_dense(x)))
@@ -220,21 +220,39 @@ class ConvModule(nn.Module):
             self.depthwise_batch_norm = MaskedBatchNorm1d(d_model, eps=eps)
         self.activation = _activation(activation)
         self.pointwise_conv2 = nn.Conv1d(d_model, d_model, 1, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
-        """``x: (B, T, d)``, ``valid: (B, T)`` bool -> ``(B, T, d)`` (the residual branch only)."""
-        y = self.layer_norm(x).transpose(1, 2)  # (B, d, T)
-        y = F.glu(self.pointwise_conv1(y), dim=1)
-        y = y.masked_fill(~valid.unsqueeze(1), 0.0)
-        pad = (self.kernel_size - 1, 0) if self.causal else ((self.kernel_size - 1) // 2,) * 2
-        y = self.depthwise_conv(F.pad(y, pad))
-        if self.norm_kind == "layer":
-            y = self.depthwise_layer_norm(y.transpose(1, 2)).transpose(1, 2)
+        """``x: (B, T, d)``, ``valid: (B, T)`` bool -> ``(B, T, d)`` (the residual branch only).
+
+        Computed in the ``(B, T, d)`` layout throughout (same math as the ``Conv1d`` modules on
+        ``(B, d, T)``, without the transposes): the pointwise convolutions are ``F.linear`` with the
+        ``(out, in, 1)`` kernels viewed as ``(out, in)``, and the depthwise convolution is a grouped
+        ``conv2d`` over the ``(B, d, 1, T)`` channels-last view of the ``(B, T, d)`` tensor, which
+        oneDNN runs without reordering (forward + backward 2.3x faster than ``conv1d`` on a padded
+        ``(B, d, T)`` copy in float32, 1.25x in bf16; see ``BENCHMARKS.md``, training throughput).
+        """
+        d = x.size(-1)
+        y = self.layer_norm(x)  # (B, T, d)
+        y = F.linear(y, self.pointwise_conv1.weight.squeeze(-1), self.pointwise_conv1.bias)  # (B, T, 2d)
+        y = F.glu(y, dim=-1)  # (B, T, d): first half * sigmoid(second half), as GLU over channels
+        y = y.masked_fill(~valid.unsqueeze(-1), 0.0)
+        if self.causal:
+            y = F.pad(y, (0, 0, self.kernel_size - 1, 0))  # left-pad time
+            pad = 0
         else:
-            y = self.depthwise_batch_norm(y, valid)
-        y = self.pointwise_conv2(self.activation(y))
-        return self.dropout(y).transpose(1, 2)
+            pad = (self.kernel_size - 1) // 2
+        y = F.conv2d(
+            y.transpose(1, 2).unsqueeze(2),  # (B, d, 1, T_pad), channels-last strides
+            self.depthwise_conv.weight.unsqueeze(2),  # (d, 1, 1, kernel)
+            self.depthwise_conv.bias, padding=(0, pad), groups=d,
+        ).squeeze(2).transpose(1, 2)  # (B, T, d)
+        if self.norm_kind == "layer":
+            y = self.depthwise_layer_norm(y)
+        else:
+            y = self.depthwise_batch_norm(y.transpose(1, 2), valid).transpose(1, 2)
+        y = F.linear(self.activation(y), self.pointwise_conv2.weight.squeeze(-1), self.pointwise_conv2.bias)
+        return self.dropout(y)
 
 
 class ConformerBlock(nn.Module):
@@ -249,7 +267,7 @@ class ConformerBlock(nn.Module):
         self.self_attn = RelativeSelfAttention(
             d, cfg.num_heads, cfg.attention_dropout, cfg.pos_encoding, cfg.left_max_position, cfg.right_max_position
         )
-        self.self_attn_dropout = nn.Dropout(cfg.dropout)
+        self.self_attn_dropout = Dropout(cfg.dropout)
         self.conv_module = ConvModule(
             d, cfg.conv_kernel, cfg.conv_norm, cfg.conv_causal, cfg.conv_bias, cfg.activation, cfg.dropout, eps
         )

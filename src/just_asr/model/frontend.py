@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FrontendConfig
@@ -36,6 +37,62 @@ from .config import FrontendConfig
 def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     """``lengths: (B,)`` -> bool ``(B, max_len)``, True at *valid* frames."""
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
+    """Bool keep-mask of ``shape``: each element is True independently with probability ``1 - p``.
+
+    Drawn from 32 random bits per element taken from the global generator (one 64-bit draw serves two
+    elements): element kept iff its signed 32-bit word is below ``round((1 - p) * 2**32) - 2**31``, so
+    the keep probability is ``1 - p`` to within ``2**-33`` (finer than the float32 ``p`` itself).
+    This is the same Bernoulli mask as ``torch.bernoulli_``'s; on the project's AMD EPYC machine it is
+    drawn about 2.5x faster (``bernoulli_`` there draws a double per element in a scalar loop; PyTorch
+    only takes MKL's vectorised sampler on Intel CPUs).
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"dropout_keep_mask: p must be in (0, 1), got {p}")
+    n = 1
+    for s in shape:
+        n *= int(s)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
+    bits = words.view(torch.int32)[:n]
+    threshold = min(round((1.0 - p) * 2**32) - 2**31, 2**31 - 1)
+    return (bits < threshold).view(shape)
+
+
+def fast_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout, the math of ``F.dropout(x, p, training)``: in training each element is
+    zeroed with probability ``p`` and the survivors are scaled by ``1 / (1 - p)`` (any shape; the
+    output has ``x``'s shape and dtype). On CPU the mask comes from :func:`dropout_keep_mask` (global
+    RNG); on other devices this is ``F.dropout`` (their fused kernels are fast already). Identity when
+    not training or ``p == 0``; zeros when ``p == 1``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0 or x.numel() == 0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    keep = dropout_keep_mask(x.shape, p, x.device)
+    # as ATen's CPU dropout: (x * mask) * scale, the mask in x's dtype
+    return x.mul(keep.to(x.dtype)).mul(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """Drop-in ``nn.Dropout`` (same arguments, no parameters) computed with :func:`fast_dropout`.
+
+    On the project's AMD EPYC machine a dropout forward + backward takes about 40% less time than
+    ``nn.Dropout``'s (see ``BENCHMARKS.md``, training throughput). ``inplace`` is not supported.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        if inplace:
+            raise ValueError("just_asr Dropout does not support inplace=True")
+        super().__init__(p, inplace=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fast_dropout(x, self.p, self.training)
 
 
 def _check_input(features: Tensor, lengths: Tensor, input_dim: int) -> None:
@@ -69,7 +126,7 @@ class ConvSubsampling(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
         self.freq_out = ((input_dim - 1) // 2 - 1) // 2
         self.proj = nn.Linear(channels * self.freq_out, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @staticmethod
     def output_lengths(lengths: Tensor) -> Tensor:
@@ -117,7 +174,7 @@ class StackedProjection(nn.Module):
         self.min_input_frames = stack_frames
         self.layer_norm = nn.LayerNorm(input_dim * stack_frames, eps=eps)
         self.projection = nn.Linear(input_dim * stack_frames, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """``T' = T // stack_frames`` for ``lengths: (B,)``."""

@@ -1,0 +1,558 @@
+"""Benchmark: training throughput of a full JUST training step on CPU (audio-seconds per second).
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/train_step.py                              # tiny: every config, 2 threads
+    .venv/bin/python benchmarks/train_step.py --presets tiny base --repeats 5 --base-repeats 2
+    .venv/bin/python benchmarks/train_step.py --only bf16,full,just --threads 1 --profile   # where time goes
+    .venv/bin/python benchmarks/train_step.py --loader demo/manifests \\
+        --tokenizer demo/tokenizer/tokenizer.model --cmvn demo/cmvn.json --loader-workers 1
+    # before/after of a change, in one process (steps alternate between the two models):
+    git archive COMMIT src configs | tar -x -C /tmp/before
+    .venv/bin/python benchmarks/train_step.py --threads 1 --compare-src /tmp/before/src
+    .venv/bin/python benchmarks/train_step.py --threads 1 --only full,just --compare-adamw
+
+Set ``OMP_NUM_THREADS`` to ``--threads`` as well (OpenMP reads it at start-up).
+
+One step = what Lightning runs per batch with ``trainer.precision`` ``32-true`` (fp32) or
+``bf16-mixed`` (bf16): ``JustModel.forward`` + ``JustOutput.compute_loss()`` (under
+``torch.autocast('cpu', dtype=torch.bfloat16)`` for bf16; the losses themselves run in float32
+outside autocast, as the model arranges), ``backward()`` (outside autocast), then an AdamW step over
+the project's parameter groups (``just_asr.train.optim``) and ``zero_grad``.
+
+Synthetic batches are shaped like the demo's real ones: ``--batch`` utterances whose durations are
+spread evenly over ``[0.75, 1.25] * --seconds`` (so the batch is padded like a bucketed one),
+80-d "fbank" at 100 frames/s drawn from N(0, 1) (what CMVN-normalised features look like), token
+targets ``U_b = max(1, T'_b // 5)`` drawn uniformly from the non-blank vocabulary (256 for ``tiny``,
+1024 for ``base``), every row transcribed. With ``--spec-augment`` (the default, as in
+``configs/demo.yaml`` and ``configs/just.yaml``) the batch also carries a perturbed
+``supervised_features`` copy, so the JUST objective runs the front end twice, as in training.
+
+Configs: ``--presets`` x precision (fp32, bf16) x RNN-T (full, pruned) x objective (``just``: the
+preset's loss weights; ``supervised``: ``loss.ssl = 0``, one unmasked encoder pass + RNN-T). The
+pruned path is timed after its warm-up (``set_step`` far past ``decoder.rnnt_warmup_steps``).
+
+Reported per config (all in this one process, ``torch.set_num_threads(--threads)``):
+
+* ``ms/step``: median (and min) wall time of ``--repeats`` timed steps after ``--warmup`` untimed ones.
+* ``CPU ms/step``: median process CPU time per step (all threads; with ``--threads 1`` on a busy
+  machine this is the steadiest figure: time spent waiting for a core is not counted).
+* ``x real time``: audio seconds in the batch (sum of the valid frames / 100) / median step time.
+* ``GFLOP/step``: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (matmuls,
+  convolutions, attention; element-wise ops are not counted, so this is the useful tensor work).
+* ``roof %``: (GFLOP/step / median step time) / the FLOP/s of a plain ``torch.mm`` of two
+  ``--roof-size`` square matrices (default 1024 x 1024 @ 1024 x 1024) in the config's dtype
+  (float32, or bfloat16 for bf16) with the same threads, measured in this process right after the
+  config's timed steps (median of 20 calls), so both see the same machine load.
+* ``roof % (CPU time)``: the same ratio with process CPU time in place of wall time on both sides
+  (GFLOP/step / CPU s per step over the matmul's GFLOP per CPU second): on a shared machine this
+  is the steadier of the two, since neither side is charged for time spent waiting for a core.
+
+``--profile`` prints, per config, the top ops by self CPU time of one step (``torch.profiler``),
+plus the share of the step's time in each model part (front end, contrastive stack, MLM stack,
+predictor/joiner/loss, optimiser) measured with ``record_function`` scopes.
+
+``--loader MANIFEST_DIR`` instead times ``JustDataModule.train_dataloader()`` with the given
+tokenizer, CMVN, workers and batch duration: audio-seconds per second over ``--loader-batches``
+batches (after ``--loader-warmup`` batches, which include the workers' start-up), to compare with
+what a training step consumes (the ``x real time`` figure above).
+
+``--compare-src DIR`` builds the baseline model from ``DIR/just_asr`` (imported a second time
+under another package name, reading the presets of ``DIR/../configs`` when present) and the
+candidate from this checkout (or ``--candidate-src``), with the same seed and batch, and alternates
+their steps: median wall and CPU ms per step and the speed-up. ``--compare-adamw`` does the same for
+the project's AdamW against torch's fused CPU AdamW.
+
+On a shared machine only ratios within one run are solid; report medians of several repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAME_SHIFT_S = 0.01
+VOCAB = {"tiny": 256, "base": 1024}
+PRECISIONS = ("fp32", "bf16")
+RNNTS = ("full", "pruned")
+OBJECTIVES = ("just", "supervised")
+
+
+def cpu_model_name() -> str:
+    """``lscpu``'s model name (from ``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                keep = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+                return "+".join(keep) or "no AVX2"
+    except OSError:
+        pass
+    return "?"
+
+
+# ---------------------------------------------------------------------------------------------- batch
+
+
+def make_batch(batch: int, seconds: float, vocab: int, spec_augment: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Synthetic training batch (see the module docstring).
+
+    Returns ``features (B, T, 80)``, ``feature_lens (B,)``, ``targets (B, U)``, ``target_lens (B,)``,
+    ``has_text (B,)`` and, with ``spec_augment``, ``supervised_features (B, T, 80)``.
+    """
+    if batch < 1 or seconds <= 0:
+        raise ValueError(f"benchmarks/train_step.py: need --batch >= 1 and --seconds > 0, got {batch}, {seconds}")
+    g = torch.Generator().manual_seed(seed)
+    durations = torch.linspace(1.25 * seconds, 0.75 * seconds, batch) if batch > 1 else torch.tensor([seconds])
+    feature_lens = (durations / FRAME_SHIFT_S).round().long().clamp(min=16)
+    t_max = int(feature_lens.max())
+    features = torch.randn(batch, t_max, 80, generator=g)
+    valid = torch.arange(t_max)[None, :] < feature_lens[:, None]
+    features = features * valid[..., None]
+    t_enc = (((feature_lens - 1) // 2 - 1) // 2).clamp(min=1)
+    target_lens = (t_enc // 5).clamp(min=1)
+    targets = torch.randint(1, vocab, (batch, int(target_lens.max())), generator=g)
+    targets = targets * (torch.arange(targets.size(1))[None, :] < target_lens[:, None])
+    out = {
+        "features": features,
+        "feature_lens": feature_lens,
+        "targets": targets,
+        "target_lens": target_lens,
+        "has_text": torch.ones(batch, dtype=torch.bool),
+    }
+    if spec_augment:
+        sup = features.clone()
+        sup[:, :, 10:20] = 0.0  # a frequency mask, as SpecAugment would apply
+        out["supervised_features"] = sup
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def import_package_copy(src_dir: str, name: str = "just_asr_before"):
+    """Import ``src_dir/just_asr`` a second time, as the package ``name`` (its relative imports stay
+    inside the copy; its absolute ``just_asr.*`` imports, e.g. the losses, use this checkout's)."""
+    import importlib
+    import importlib.util
+
+    root = Path(src_dir).resolve() / "just_asr"
+    if not (root / "__init__.py").is_file():
+        raise SystemExit(f"benchmarks/train_step.py: --compare-src {src_dir}: no just_asr/__init__.py there")
+    spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module(f"{name}.model")
+
+
+def build(preset: str, rnnt: str, objective: str, seed: int = 0, adamw: str = "default", model_pkg=None):
+    """``(model, optimizer, cfg)`` for one config; the model is in train mode. ``adamw="fused"``
+    swaps the project's AdamW for ``torch.optim.AdamW(fused=True)`` on the same parameter groups.
+    ``model_pkg``: a ``just_asr.model`` package to build from (default: this checkout's)."""
+    import importlib
+
+    from just_asr.train.optim import build_optimizer, param_groups
+
+    if model_pkg is None:
+        model_pkg = importlib.import_module("just_asr.model")
+    JustModel = model_pkg.JustModel
+    load_model_config = importlib.import_module(f"{model_pkg.__name__}.config").load_model_config
+    # a package copy from DIR/src reads the presets of its own tree (DIR/configs) when there are any
+    config_dir = ROOT / "configs" / "model"
+    pkg_configs = Path(model_pkg.__file__).resolve().parents[3] / "configs" / "model"
+    if pkg_configs.is_dir():
+        config_dir = pkg_configs
+    cfg = load_model_config(config_dir / f"{preset}.yaml")
+    cfg = replace(cfg, decoder=replace(cfg.decoder, rnnt=rnnt))
+    if objective == "supervised":
+        cfg = replace(cfg, loss=replace(cfg.loss, ssl=0.0))
+    torch.manual_seed(seed)
+    model = JustModel(cfg, VOCAB[preset])
+    model.train()
+    model.set_step(10**9)  # past the pruned loss's warm-up
+    groups = param_groups(model, 1e-4, None, 1e-3)
+    if adamw == "fused":
+        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=1e-3, fused=True)
+    else:
+        opt = build_optimizer(groups, "adamw", lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=1e-3)
+    return model, opt, cfg
+
+
+@contextmanager
+def _scope(name: str, on: bool) -> Iterator[None]:
+    if on:
+        with torch.profiler.record_function(name):
+            yield
+    else:
+        yield
+
+
+def train_step(model, opt, batch: dict[str, torch.Tensor], precision: str, scopes: bool = False) -> float:
+    """One full training step; returns the loss (a float, which also synchronises)."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    with _scope("step/forward+loss", scopes), ctx:
+        out = model(batch["features"], batch["feature_lens"], batch["targets"], batch["target_lens"],
+                    batch["has_text"], supervised_features=batch.get("supervised_features"))
+        loss = out.compute_loss().total
+    with _scope("step/backward", scopes):
+        loss.backward()
+    with _scope("step/optimizer", scopes):
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    value = float(loss.detach())
+    if not torch.isfinite(torch.tensor(value)):
+        raise RuntimeError("benchmarks/train_step.py: non-finite loss in a training step")
+    return value
+
+
+def count_flops(model, batch: dict[str, torch.Tensor], precision: str) -> float:
+    """FLOPs of one forward + backward (``FlopCounterMode``); gradients are discarded."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with ctx:
+            out = model(batch["features"], batch["feature_lens"], batch["targets"], batch["target_lens"],
+                        batch["has_text"], supervised_features=batch.get("supervised_features"))
+            loss = out.compute_loss().total
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_roof(size: int, dtype: torch.dtype, calls: int = 20) -> tuple[float, float]:
+    """FLOP/s of ``torch.mm`` on two ``(size, size)`` matrices of ``dtype``: ``(by wall time, by CPU
+    time)``, each from the median of ``calls`` calls."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(size, size, generator=g).to(dtype)
+    b = torch.randn(size, size, generator=g).to(dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    wall, cpu = [], []
+    for _ in range(calls):
+        t0, c0 = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    flop = 2.0 * size**3
+    return flop / statistics.median(wall), flop / max(statistics.median(cpu), 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+MODULE_SCOPES = {
+    "frontend": "frontend",
+    "contrastive_stack": "contrastive stack",
+    "mlm_stack": "MLM stack",
+    "quantizer": "quantiser",
+    "predictor": "predictor",
+    "joiner": "joiner",
+}
+
+
+def _wrap_modules(model) -> list:
+    """Wrap the model's main parts in ``record_function`` scopes (forward only); returns the hooks'
+    handles so the caller can remove them."""
+    handles = []
+    for attr, label in MODULE_SCOPES.items():
+        mod = getattr(model, attr, None)
+        if mod is None:
+            continue
+        state: dict[str, object] = {}
+
+        def pre(_m, _a, label=label, state=state):
+            rf = torch.profiler.record_function(f"fwd/{label}")
+            state.setdefault("stack", []).append(rf)  # type: ignore[union-attr]
+            rf.__enter__()
+
+        def post(_m, _a, _o, state=state):
+            state["stack"].pop().__exit__(None, None, None)  # type: ignore[index,union-attr]
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post))
+    return handles
+
+
+def profile_step(model, opt, batch: dict[str, torch.Tensor], precision: str, top: int) -> str:
+    """Markdown: top ops by self CPU time of one step, and each scope's share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    handles = _wrap_modules(model)
+    try:
+        train_step(model, opt, batch, precision, scopes=True)  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            train_step(model, opt, batch, precision, scopes=True)
+            wall = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+    events = prof.key_averages()
+    total_self = sum(e.self_cpu_time_total for e in events)
+    lines = [f"Top {top} ops by self CPU time (one profiled step, {wall * 1e3:.0f} ms under the profiler; "
+             f"self time summed over ops = {total_self / 1e3:.0f} ms):", "",
+             "| op | self CPU ms | % | calls |", "|---|---:|---:|---:|"]
+    ops = sorted((e for e in events if not e.key.startswith(("fwd/", "step/"))),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    for e in ops:
+        lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 1e3:.1f} | "
+                     f"{100 * e.self_cpu_time_total / max(total_self, 1):.1f} | {e.count} |")
+    lines += ["", "Scopes (inclusive CPU time; forward scopes exclude their backward, which is inside "
+              "`step/backward`):", "", "| scope | ms | % of step |", "|---|---:|---:|"]
+    step_total = sum(e.cpu_time_total for e in events if e.key.startswith("step/"))
+    for e in sorted((e for e in events if e.key.startswith(("fwd/", "step/"))), key=lambda e: e.key):
+        lines.append(f"| {e.key} | {e.cpu_time_total / 1e3:.1f} | {100 * e.cpu_time_total / max(step_total, 1):.1f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+def run_loader(args: argparse.Namespace) -> int:
+    """Time ``JustDataModule.train_dataloader()``: audio-seconds per second of produced batches."""
+    from just_asr.train.datamodule import JustDataModule
+
+    for flag, path in (("--tokenizer", args.tokenizer), ("--cmvn", args.cmvn)):
+        if path is not None and not Path(path).is_file():
+            print(f"benchmarks/train_step.py: {flag} {path}: file not found", file=sys.stderr)
+            return 2
+    if not Path(args.loader).is_dir():
+        print(f"benchmarks/train_step.py: --loader {args.loader}: not a directory", file=sys.stderr)
+        return 2
+    spec = {"num_time_masks": 2, "freq_mask_width": 10} if args.spec_augment else None
+    dm = JustDataModule(args.loader, tokenizer=args.tokenizer, cmvn=args.cmvn, max_duration=args.loader_duration,
+                        num_workers=args.loader_workers, temperature=2.0, spec_augment=spec)
+    print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"threads={torch.get_num_threads()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"loader: {args.loader}, max_duration={args.loader_duration} s, num_workers={args.loader_workers}, "
+          f"spec_augment={'on' if spec else 'off'}")
+    rates = []
+    for rep in range(args.repeats):
+        loader = dm.train_dataloader()
+        it = iter(loader)
+        t_start = time.perf_counter()
+        for _ in range(args.loader_warmup):
+            next(it)
+        t_warm = time.perf_counter()
+        audio = 0.0
+        for _ in range(args.loader_batches):
+            b = next(it)
+            audio += float(b["feature_lens"].sum()) * FRAME_SHIFT_S
+        t_end = time.perf_counter()
+        rates.append(audio / (t_end - t_warm))
+        print(f"  repeat {rep}: warm-up {args.loader_warmup} batches {t_warm - t_start:.2f} s, then "
+              f"{args.loader_batches} batches, {audio:.1f} audio-s in {t_end - t_warm:.2f} s "
+              f"= {rates[-1]:.0f} audio-s/s", flush=True)
+        del it, loader
+    print(f"\nloader throughput: median {statistics.median(rates):.0f} audio-s/s (min {min(rates):.0f}, "
+          f"max {max(rates):.0f}) over {args.repeats} repeats")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str]]) -> int:
+    """Before/after of one change in this process: baseline and candidate steps alternate (so both
+    see the same machine load); prints median wall and CPU ms per step and the speed-up."""
+    print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"threads={torch.get_num_threads()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    new_pkg = None
+    if args.compare_src:
+        old_pkg = import_package_copy(args.compare_src)
+        labels = (f"model from {args.compare_src}", "model from this checkout")
+        if args.candidate_src:
+            new_pkg = import_package_copy(args.candidate_src, "just_asr_after")
+            labels = (labels[0], f"model from {args.candidate_src}")
+        print(f"baseline: {labels[0]} ({Path(old_pkg.__file__).parent}); candidate: {labels[1]}")
+    else:
+        old_pkg = None
+        labels = ("project AdamW", "torch fused AdamW")
+    print()
+    print(f"| preset | precision | RNN-T | objective | {labels[0]}: ms/step (CPU ms) | {labels[1]}: ms/step (CPU ms) "
+          "| speed-up (wall) | speed-up (CPU) | x real time after | repeats |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for preset, precision, rnnt, objective in configs:
+        batch = make_batch(args.batch, args.seconds, VOCAB[preset], args.spec_augment)
+        audio = float(batch["feature_lens"].sum()) * FRAME_SHIFT_S
+        if args.compare_src:
+            pair = [build(preset, rnnt, objective, adamw=args.adamw, model_pkg=old_pkg),
+                    build(preset, rnnt, objective, adamw=args.adamw, model_pkg=new_pkg)]
+        else:
+            pair = [build(preset, rnnt, objective, adamw="default"), build(preset, rnnt, objective, adamw="fused")]
+        for model, opt, _ in pair:
+            for _ in range(args.warmup):
+                train_step(model, opt, batch, precision)
+        reps = args.base_repeats if (preset == "base" and args.base_repeats) else args.repeats
+        wall: list[list[float]] = [[], []]
+        cpu: list[list[float]] = [[], []]
+        for _ in range(reps):
+            for i, (model, opt, _) in enumerate(pair):
+                t0, c0 = time.perf_counter(), time.process_time()
+                train_step(model, opt, batch, precision)
+                wall[i].append(time.perf_counter() - t0)
+                cpu[i].append(time.process_time() - c0)
+        w = [statistics.median(x) * 1e3 for x in wall]
+        c = [statistics.median(x) * 1e3 for x in cpu]
+        print(f"| {preset} | {precision} | {rnnt} | {objective} | {w[0]:.0f} ({c[0]:.0f}) | {w[1]:.0f} ({c[1]:.0f}) | "
+              f"{w[0] / w[1]:.2f}x | {c[0] / c[1]:.2f}x | {audio / (w[1] / 1e3):.0f} | {reps} |", flush=True)
+        del pair
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def _selected(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    only = None
+    if args.only:
+        only = set(args.only.split(","))
+    out = []
+    for preset in args.presets:
+        for precision in PRECISIONS:
+            for rnnt in RNNTS:
+                for objective in OBJECTIVES:
+                    if only is not None and not only <= {precision, rnnt, objective}:
+                        continue
+                    out.append((preset, precision, rnnt, objective))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--presets", nargs="+", default=["tiny"], choices=sorted(VOCAB))
+    p.add_argument("--only", default=None,
+                   help="comma-separated filter, e.g. 'bf16,full,just' (any of fp32/bf16, full/pruned, just/supervised)")
+    p.add_argument("--batch", type=int, default=12, help="utterances per batch")
+    p.add_argument("--seconds", type=float, default=1.6, help="mean utterance duration (s)")
+    p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="carry a supervised_features copy (as with data.spec_augment)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--base-repeats", type=int, default=None, help="repeats for the base preset (default --repeats)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--roof-size", type=int, default=1024)
+    p.add_argument("--profile", action="store_true", help="print the top ops and per-part shares per config")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--adamw", choices=("default", "fused"), default="default",
+                   help="AdamW implementation: the project's (default) or torch's fused CPU kernel (what-if)")
+    p.add_argument("--src", default=None, metavar="DIR",
+                   help="import just_asr from DIR instead of this checkout's src/ (before/after runs: "
+                        "git archive COMMIT src configs | tar -x -C /tmp/before; --src /tmp/before/src)")
+    p.add_argument("--compare-src", default=None, metavar="DIR",
+                   help="before/after in one process: the model built from DIR/just_asr (e.g. an older commit's "
+                        "src, extracted with: git archive COMMIT src configs | tar -x -C /tmp/before; then "
+                        "DIR=/tmp/before/src, and the presets come from /tmp/before/configs) against this "
+                        "checkout's, same batch, steps interleaved")
+    p.add_argument("--candidate-src", default=None, metavar="DIR",
+                   help="with --compare-src: the candidate model from DIR/just_asr instead of this checkout")
+    p.add_argument("--compare-adamw", action="store_true",
+                   help="before/after in one process: the project's AdamW against torch's fused AdamW")
+    p.add_argument("--loader", default=None, metavar="MANIFEST_DIR", help="time the data loader instead")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--cmvn", default=None)
+    p.add_argument("--loader-workers", type=int, default=1)
+    p.add_argument("--loader-duration", type=float, default=20.0, help="data.max_duration (s per batch)")
+    p.add_argument("--loader-batches", type=int, default=50)
+    p.add_argument("--loader-warmup", type=int, default=5)
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT / "src"))
+    torch.set_num_threads(args.threads)
+    if args.loader is not None:
+        return run_loader(args)
+
+    configs = _selected(args)
+    if not configs:
+        p.error(f"--only {args.only!r} selects no config")
+    if args.compare_src or args.compare_adamw:
+        return run_compare(args, configs)
+    print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"threads={torch.get_num_threads()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    import just_asr
+
+    print(f"just_asr from {Path(just_asr.__file__).parent}")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    n = args.roof_size
+    print(f"matmul roof: torch.mm ({n}x{n}) @ ({n}x{n}) in the config's dtype, measured right after each config's timed steps")
+    batches = {preset: make_batch(args.batch, args.seconds, VOCAB[preset], args.spec_augment) for preset in args.presets}
+    for preset, b in batches.items():
+        audio = float(b["feature_lens"].sum()) * FRAME_SHIFT_S
+        print(f"batch ({preset}): B={args.batch}, T_max={b['features'].size(1)} frames, U_max={b['targets'].size(1)}, "
+              f"{audio:.1f} audio-s, vocab {VOCAB[preset]}, spec_augment copy: {'yes' if args.spec_augment else 'no'}")
+    print()
+    rows = []
+    profiles = []
+    for preset, precision, rnnt, objective in configs:
+        model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw)
+        batch = batches[preset]
+        audio = float(batch["feature_lens"].sum()) * FRAME_SHIFT_S
+        flops = count_flops(model, batch, precision)
+        for _ in range(args.warmup):
+            train_step(model, opt, batch, precision)
+        reps = args.base_repeats if (preset == "base" and args.base_repeats) else args.repeats
+        times, cpu = [], []
+        for _ in range(reps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            train_step(model, opt, batch, precision)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        med = statistics.median(times)
+        cpu_med = statistics.median(cpu)
+        roof, roof_cpu = matmul_roof(args.roof_size, dtypes[precision])
+        achieved = flops / med
+        roof_pct_cpu = 100 * (flops / cpu_med) / roof_cpu
+        row = (preset, precision, rnnt, objective, med * 1e3, min(times) * 1e3, audio / med, flops / 1e9,
+               achieved / 1e9, 100 * achieved / roof, reps, cpu_med * 1e3, roof / 1e9, roof_pct_cpu)
+        rows.append(row)
+        print(f"  {preset} {precision} {rnnt} {objective}: {med * 1e3:.0f} ms/step (min {min(times) * 1e3:.0f}), "
+              f"{audio / med:.0f}x real time, {flops / 1e9:.2f} GFLOP/step, {100 * achieved / roof:.1f}% "
+              f"of the matmul roof", flush=True)
+        if args.profile:
+            profiles.append((f"{preset} {precision} {rnnt} {objective}",
+                             profile_step(model, opt, batch, precision, args.top)))
+        del model, opt
+    print()
+    print("| preset | precision | RNN-T | objective | ms/step (median) | min | CPU ms/step | x real time | "
+          "GFLOP/step | GFLOP/s | roof GFLOP/s | roof % | roof % (CPU time) | repeats |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.0f} | {r[5]:.0f} | {r[11]:.0f} | {r[6]:.0f} | "
+              f"{r[7]:.2f} | {r[8]:.1f} | {r[12]:.0f} | {r[9]:.1f} | {r[13]:.1f} | {r[10]} |")
+    for name, text in profiles:
+        print(f"\n### Profile: {name}\n\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The speed-oriented formulations in ``model/conformer.py`` and ``model/frontend.py`` keep the math.
+
+* ``ConvModule.forward`` now works in the ``(B, T, d)`` layout (pointwise convolutions as
+  ``F.linear``, the depthwise convolution as a channels-last grouped ``conv2d``): its outputs and
+  gradients must equal the textbook ``Conv1d``-on-``(B, d, T)`` formulation, written out here
+  independently, for every option (layer/batch norm, causal, with/without bias) and under bf16
+  autocast.
+* ``fast_dropout`` / ``Dropout`` replace ``torch.bernoulli_`` masks with 32-bit integer draws: the
+  outputs must be exactly ``0`` or ``x / (1 - p)``, the gradient must be the same mask times
+  ``1 / (1 - p)``, the keep rate must be ``1 - p`` (binomial bounds), elements sharing one 64-bit
+  draw must be independent, and eval / ``p = 0`` / ``p = 1`` must behave as ``F.dropout``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from just_asr.model.config import EncoderConfig
+from just_asr.model.conformer import ConformerStack, ConvModule
+from just_asr.model.frontend import ConvSubsampling, Dropout, dropout_keep_mask, fast_dropout
+
+torch.set_num_threads(1)
+
+
+def reference_conv_module(m: ConvModule, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The Conv1d formulation on ``(B, d, T)`` (the module's previous code path), dropout off."""
+    y = m.layer_norm(x).transpose(1, 2)  # (B, d, T)
+    y = F.glu(m.pointwise_conv1(y), dim=1)
+    y = y.masked_fill(~valid.unsqueeze(1), 0.0)
+    pad = (m.kernel_size - 1, 0) if m.causal else ((m.kernel_size - 1) // 2,) * 2
+    y = m.depthwise_conv(F.pad(y, pad))
+    if m.norm_kind == "layer":
+        y = m.depthwise_layer_norm(y.transpose(1, 2)).transpose(1, 2)
+    else:
+        y = m.depthwise_batch_norm(y, valid)
+    y = m.pointwise_conv2(m.activation(y))
+    return y.transpose(1, 2)
+
+
+def _inputs(b: int = 3, t: int = 13, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, d, generator=g)
+    lens = torch.tensor([t, t - 4, 5][:b])
+    valid = torch.arange(t)[None, :] < lens[:, None]
+    return x, valid
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_module_matches_conv1d_formulation(norm: str, causal: bool, bias: bool) -> None:
+    torch.manual_seed(1)
+    m = ConvModule(8, 5, norm=norm, causal=causal, bias=bias, dropout=0.0)
+    m.train()  # batch norm uses batch statistics: both paths must see the same values
+    x, valid = _inputs()
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    w = torch.randn(3, 13, 8)  # a fixed cotangent
+    y_new = m(x1, valid)
+    grads_new = torch.autograd.grad((y_new * w).sum(), [x1, *m.parameters()])
+    y_ref = reference_conv_module(m, x2, valid)
+    grads_ref = torch.autograd.grad((y_ref * w).sum(), [x2, *m.parameters()])
+    assert y_new.shape == (3, 13, 8)
+    torch.testing.assert_close(y_new, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_new, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_module_matches_under_bf16_autocast() -> None:
+    torch.manual_seed(2)
+    m = ConvModule(16, 7, dropout=0.0).eval()
+    x, valid = _inputs(d=16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y_new = m(x, valid)
+        y_ref = reference_conv_module(m, x, valid)
+    assert y_new.dtype == y_ref.dtype == torch.bfloat16
+    # both run the same bf16 kernels up to accumulation order: a few bf16 ulps at most
+    err = (y_new.float() - y_ref.float()).abs().max() / y_ref.float().abs().max()
+    assert float(err) < 2e-2
+
+
+def test_conv_module_padding_does_not_leak() -> None:
+    """An utterance's outputs in a padded batch equal its outputs alone (eval, layer norm)."""
+    torch.manual_seed(3)
+    m = ConvModule(8, 5, dropout=0.0).eval()
+    x, valid = _inputs()
+    y = m(x, valid)
+    alone = m(x[1:2, :9], valid[1:2, :9])
+    torch.testing.assert_close(y[1:2, :9], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_conformer_stack_eval_equals_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole stack gives the same output with the old Conv1d path swapped back in."""
+    torch.manual_seed(4)
+    stack = ConformerStack(EncoderConfig(d_model=16, num_heads=2, ffn_dim=32, conv_kernel=5), 2).eval()
+    x, _ = _inputs(d=16)
+    lens = torch.tensor([13, 9, 5])
+    y_new = stack(x, lens)
+    monkeypatch.setattr(ConvModule, "forward", lambda self, x, valid: reference_conv_module(self, x, valid))
+    y_ref = stack(x, lens)
+    torch.testing.assert_close(y_new, y_ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- dropout
+
+
+def test_dropout_values_and_gradient_are_the_inverted_dropout_mask() -> None:
+    torch.manual_seed(5)
+    p = 0.3
+    x = (torch.rand(4000) + 0.5).requires_grad_()  # no zeros: a zero output means "dropped"
+    y = fast_dropout(x, p, training=True)
+    kept = y != 0
+    scale = 1.0 / (1.0 - p)
+    torch.testing.assert_close(y[kept], x.detach()[kept] * scale, rtol=0, atol=1e-6)
+    (g,) = torch.autograd.grad(y.sum(), [x])
+    expected = kept.float() * scale
+    torch.testing.assert_close(g, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_rate_is_one_minus_p(p: float) -> None:
+    torch.manual_seed(6)
+    n = 200_000
+    keep = dropout_keep_mask((n,), p, torch.device("cpu"))
+    assert keep.dtype == torch.bool and keep.shape == (n,)
+    rate = keep.float().mean().item()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(rate - (1 - p)) < 5 * sigma
+
+
+def test_elements_sharing_a_draw_are_independent() -> None:
+    """Even/odd elements come from the low/high halves of one 64-bit draw: P(both kept) = q**2."""
+    torch.manual_seed(7)
+    n, p = 400_000, 0.5
+    keep = dropout_keep_mask((n,), p, torch.device("cpu")).view(-1, 2)
+    both = (keep[:, 0] & keep[:, 1]).float().mean().item()
+    m = n // 2
+    sigma = math.sqrt(0.25 * 0.75 / m)
+    assert abs(both - 0.25) < 5 * sigma
+    # and both halves are unbiased on their own
+    for col in (0, 1):
+        assert abs(keep[:, col].float().mean().item() - 0.5) < 5 * math.sqrt(0.25 / m)
+
+
+def test_odd_sizes_shapes_and_dtypes() -> None:
+    torch.manual_seed(8)
+    x = torch.randn(3, 5, 7, dtype=torch.bfloat16)  # 105 elements: an odd count
+    y = fast_dropout(x, 0.2, training=True)
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    kept = y != 0
+    expected = (x.float() * 1.25).to(torch.bfloat16)
+    assert torch.equal(y[kept], expected[kept])
+
+
+def test_eval_and_edge_probabilities() -> None:
+    x = torch.randn(6, 9)
+    assert fast_dropout(x, 0.4, training=False) is x
+    assert fast_dropout(x, 0.0, training=True) is x
+    assert torch.equal(fast_dropout(x, 1.0, training=True), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="dropout probability"):
+        fast_dropout(x, 1.5, training=True)
+    with pytest.raises(ValueError, match="p must be in"):
+        dropout_keep_mask((3,), 0.0, torch.device("cpu"))
+
+
+def test_dropout_module_is_seeded_by_the_global_rng_and_a_drop_in() -> None:
+    d = Dropout(0.25)
+    assert isinstance(d, torch.nn.Dropout) and d.p == 0.25 and not list(d.parameters())
+    x = torch.ones(1000)
+    torch.manual_seed(9)
+    a = d(x)
+    torch.manual_seed(9)
+    b = d(x)
+    c = d(x)
+    assert torch.equal(a, b) and not torch.equal(b, c)
+    d.eval()
+    assert torch.equal(d(x), x)
+    with pytest.raises(ValueError, match="inplace"):
+        Dropout(0.1, inplace=True)
+
+
+def test_modules_use_the_fast_dropout() -> None:
+    stack = ConformerStack(EncoderConfig(d_model=8, num_heads=2, ffn_dim=16, conv_kernel=3), 1)
+    fe = ConvSubsampling(80, 4, 8, dropout=0.1)
+    mods = [m for m in [*stack.modules(), *fe.modules()] if isinstance(m, torch.nn.Dropout)]
+    assert mods and all(type(m) is Dropout for m in mods)
+
