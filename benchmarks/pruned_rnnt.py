@@ -16,6 +16,8 @@ Every case starts from the encoder output ``enc (B, T, D)`` and the predictor ou
   baseline.
 * ``full, fused_batch_size=n``: ``just_asr.model.just.sub_batched_rnnt_loss``: the same joiner +
   loss over sub-batches of n utterances with activation recomputation (identical values).
+* ``pruned-fused=n``: the pruned path with its joiner + pruned loss over sub-batches of n
+  utterances under activation recomputation (``decoder.fused_batch_size`` with ``rnnt: pruned``).
 * ``pruned``: ``just_asr.losses.pruned_rnnt.pruned_rnnt_loss``: simple heads ``am (B, T, V)``,
   ``lm (B, U+1, V)`` -> simple loss -> bounds -> joiner on ``(B, T, S, V)`` -> pruned loss;
   the objective is ``0.5 * simple + pruned`` (the post-warm-up weights); like the model, it lets the
@@ -70,7 +72,7 @@ class Problem:
 
     def params(self, case: str) -> list[torch.nn.Parameter]:
         ps = list(self.joiner.parameters())
-        if case == "pruned":
+        if case.startswith("pruned"):
             ps += list(self.am_head.parameters()) + list(self.lm_head.parameters())
         return ps
 
@@ -83,11 +85,13 @@ class Problem:
         if case.startswith("fused"):
             n = int(case.split("=")[1])
             return sub_batched_rnnt_loss(self.joiner, enc, self.t_len, pred, self.targets, self.u_len, n).mean()
-        if case == "pruned":
+        if case.startswith("pruned"):
+            sub = int(case.split("=")[1]) if "=" in case else None
             res = pruned_rnnt_loss(
                 self.joiner.project_encoder(enc), self.joiner.project_predictor(pred), self.joiner.join,
                 self.am_head(enc), self.lm_head(pred), self.targets, self.t_len, self.u_len,
                 prune_range=self.S, reduction="mean", reuse_logits_for_grads=True,  # as the model does
+                sub_batch=sub,
             )
             return 0.5 * res.simple + res.pruned
         raise ValueError(f"benchmarks/pruned_rnnt.py: unknown case {case!r}")
@@ -100,13 +104,14 @@ class Problem:
         return loss.detach(), list(grads)
 
 
-CASES = ["full", "full-reuse", "fused=4", "fused=1", "pruned"]
+CASES = ["full", "full-reuse", "fused=4", "fused=1", "pruned", "pruned-fused=4"]
 LABELS = {
     "full": "full: joiner (B,T,U+1,V) + fused rnnt_loss",
     "full-reuse": "full, rnnt_loss(reuse_logits_for_grads=True)",
     "fused=4": "full, fused_batch_size=4",
     "fused=1": "full, fused_batch_size=1",
     "pruned": "pruned (S={S}): simple loss + joiner (B,T,S,V) + pruned loss",
+    "pruned-fused=4": "pruned (S={S}), fused_batch_size=4",
 }
 
 

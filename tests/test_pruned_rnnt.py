@@ -341,6 +341,34 @@ def test_reusing_the_logits_storage_for_gradients_changes_nothing() -> None:
     assert grads[0][0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("sub_batch", [1, 2])
+def test_pruned_sub_batches_give_identical_loss_and_gradients(sub_batch: int) -> None:
+    B, T, U, V, J = 3, 6, 4, 7, 5
+    p = rand_problem(21, B, T, U, V, t_lens=[6, 4, 5], u_lens=[4, 2, 0])
+    joiner = tiny_joiner(4, J, V)
+    g = torch.Generator().manual_seed(22)
+    enc0 = torch.randn(B, T, J, generator=g)
+    pred0 = torch.randn(B, U + 1, J, generator=g)
+    runs = []
+    for sb, reuse in ((None, False), (sub_batch, False), (sub_batch, True)):
+        joiner.zero_grad()
+        enc = enc0.clone().requires_grad_()
+        pred = pred0.clone().requires_grad_()
+        res = pruned_rnnt_loss(joiner.project_encoder(enc), joiner.project_predictor(pred), joiner.join, p["am"],
+                               p["lm"], p["targets"], p["t_lens"], p["u_lens"], prune_range=3,
+                               reduction="none", reuse_logits_for_grads=reuse, sub_batch=sb)
+        (res.pruned * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+        runs.append((res.pruned.detach(), [enc.grad, pred.grad, *[q.grad.clone() for q in joiner.parameters()]]))
+    for loss, grads in runs[1:]:
+        torch.testing.assert_close(loss, runs[0][0], atol=1e-6, rtol=1e-6)
+        for a, b in zip(grads, runs[0][1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert runs[0][1][0].abs().sum() > 0
+    with pytest.raises(ValueError, match="sub_batch"):
+        pruned_rnnt_loss(enc0, pred0, joiner.join, p["am"], p["lm"], p["targets"], p["t_lens"], p["u_lens"],
+                         prune_range=3, sub_batch=0)
+
+
 def test_loss_scale_schedule() -> None:
     assert pruned_loss_scales(0, 2000) == (1.0, 0.1)
     s, p = pruned_loss_scales(1000, 2000)

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 __all__ = [
@@ -664,6 +665,7 @@ def pruned_rnnt_loss(
     reduction: str = "mean",
     *,
     reuse_logits_for_grads: bool = False,
+    sub_batch: int | None = None,
 ) -> PrunedRNNTOutput:
     """Simple loss, pruning bounds from its occupancies, pruned joiner, pruned loss.
 
@@ -680,6 +682,11 @@ def pruned_rnnt_loss(
         reuse_logits_for_grads: let the backward pass write the pruned logits' gradient into their
             own storage (see :func:`pruned_rnnt_loss_from_logits`); safe when ``join`` ends with an
             ``nn.Linear`` (as ``Joiner.join`` does), whose backward does not read its output.
+        sub_batch: ``None`` joins the whole batch at once; an integer evaluates the pruned joiner
+            and loss over sub-batches of that many utterances (each trimmed to its own longest
+            utterance) under activation recomputation, so the ``(b, T, S, V)`` logits and the
+            joiner's activations exist for one sub-batch at a time. Values and gradients equal the
+            whole-batch computation's.
 
     Returns:
         :class:`PrunedRNNTOutput` (combine the two terms with :func:`pruned_loss_scales`). The
@@ -694,13 +701,40 @@ def pruned_rnnt_loss(
         lm_only_scale=lm_only_scale, reduction="none", return_occupancy=True,
     )
     bounds = prune_bounds(occ, logit_lengths, target_lengths, prune_range)
-    pred_pruned = gather_pruned(pred_proj, bounds, prune_range)  # (B, T, S, J)
-    logits = join(enc_proj[:, :, None, :], pred_pruned)
-    pruned_nll = pruned_rnnt_loss_from_logits(
-        logits, targets, bounds, logit_lengths, target_lengths, blank=blank, reduction="none",
-        reuse_logits_for_grads=reuse_logits_for_grads,
-    )
     _check_reduction(reduction, "pruned_rnnt_loss")
+    if sub_batch is None:
+        pred_pruned = gather_pruned(pred_proj, bounds, prune_range)  # (B, T, S, J)
+        logits = join(enc_proj[:, :, None, :], pred_pruned)
+        pruned_nll = pruned_rnnt_loss_from_logits(
+            logits, targets, bounds, logit_lengths, target_lengths, blank=blank, reduction="none",
+            reuse_logits_for_grads=reuse_logits_for_grads,
+        )
+        return PrunedRNNTOutput(_reduce(simple_nll, reduction), _reduce(pruned_nll, reduction), bounds)
+    if sub_batch < 1:
+        raise ValueError(f"pruned_rnnt_loss: sub_batch must be >= 1, got {sub_batch}")
+    costs = []
+    for i in range(0, enc_proj.size(0), sub_batch):
+        t_sub = logit_lengths[i : i + sub_batch]
+        u_sub = target_lengths[i : i + sub_batch]
+        t_max = int(t_sub.max())
+        b_sub = bounds[i : i + sub_batch, :t_max]
+        y_sub = targets[i : i + sub_batch]
+
+        def piece(e: Tensor, p: Tensor, b_sub: Tensor = b_sub, y_sub: Tensor = y_sub, t_sub: Tensor = t_sub,
+                  u_sub: Tensor = u_sub) -> Tensor:
+            logits = join(e[:, :, None, :], gather_pruned(p, b_sub, prune_range))  # (b, T_sub, S, V)
+            return pruned_rnnt_loss_from_logits(
+                logits, y_sub, b_sub, t_sub, u_sub, blank=blank, reduction="none",
+                reuse_logits_for_grads=reuse_logits_for_grads,
+            )
+
+        e = enc_proj[i : i + sub_batch, :t_max]
+        p = pred_proj[i : i + sub_batch]
+        if torch.is_grad_enabled() and (e.requires_grad or p.requires_grad):
+            costs.append(torch.utils.checkpoint.checkpoint(piece, e, p, use_reentrant=False))
+        else:
+            costs.append(piece(e, p))
+    pruned_nll = torch.cat(costs)
     return PrunedRNNTOutput(_reduce(simple_nll, reduction), _reduce(pruned_nll, reduction), bounds)
 
 

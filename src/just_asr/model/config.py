@@ -183,10 +183,11 @@ class DecoderConfig:
         simple_am_only_scale, simple_lm_only_scale: smoothing of the simple loss with the
             encoder-only / predictor-only log-softmaxes (icefall's ``am_scale=0``,
             ``lm_scale=0.25``).
-        fused_batch_size: ``rnnt: full`` only: ``None`` builds the whole ``(B, T', U+1, V)`` joiner
-            output at once; an integer runs the joiner + loss over sub-batches of that many
-            utterances with activation recomputation in backward, so peak memory is bounded by one
-            sub-batch's lattice. The loss and gradients are identical (NeMo's "fused batch size").
+        fused_batch_size: ``None`` builds the whole ``(B, T', U+1, V)`` joiner output (``rnnt:
+            full``) or ``(B, T', S, V)`` pruned output (``rnnt: pruned``) at once; an integer runs
+            the joiner + loss over sub-batches of that many utterances with activation
+            recomputation in backward, so peak memory is bounded by one sub-batch's lattice. The
+            loss and gradients are identical (NeMo's "fused batch size").
     """
 
     predictor: Literal["lstm", "stateless"] = "lstm"

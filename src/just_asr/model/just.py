@@ -503,6 +503,7 @@ class JustModel(nn.Module):
                 prune_range=dc.prune_range, blank=0, am_only_scale=dc.simple_am_only_scale,
                 lm_only_scale=dc.simple_lm_only_scale, reduction="none",
                 reuse_logits_for_grads=True,  # Joiner.join ends with nn.Linear: its output is not reused
+                sub_batch=dc.fused_batch_size,
             )
         simple_scale, pruned_scale = self.rnnt_loss_scales()
         out.rnnt_simple_nll = res.simple
