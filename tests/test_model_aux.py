@@ -137,3 +137,19 @@ def test_residual_init_scale_scales_exactly_the_branch_outputs() -> None:
 
     with pytest.raises(ValueError, match="residual_init_scale"):
         make_cfg(encoder={"residual_init_scale": 0.0})
+
+
+def test_rnnt_ramp_scales_only_the_rnnt_weight_by_step() -> None:
+    torch.manual_seed(0)
+    cfg = make_cfg(loss={"ssl": 0.0, "ctc": 0.5, "rnnt_ramp_steps": 4})
+    model = JustModel(cfg, VOCAB).eval()
+    b = make_batch()
+    for step, ramp in ((0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (10, 1.0)):
+        model.set_step(step)
+        assert model.rnnt_ramp() == ramp
+        res = model(b["features"], b["feature_lens"], b["targets"], b["target_lens"], b["has_text"]).compute_loss()
+        torch.testing.assert_close(res.total, ramp * res.terms["rnnt"] + 0.5 * res.terms["ctc"])
+    import pytest
+
+    with pytest.raises(ValueError, match="rnnt_ramp_steps"):
+        make_cfg(loss={"rnnt_ramp_steps": -1})

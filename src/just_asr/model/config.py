@@ -224,6 +224,11 @@ class LossWeights:
             head ``ctc_head``, blank 0; same reduction as the RNN-T term). ``0`` (default, the
             paper) builds no head. A small weight (ESPnet/NeMo use 0.1-0.3) speeds up the encoder's
             alignment learning when training from scratch on little data.
+        rnnt_ramp_steps: ``0`` (default): the RNN-T term has weight ``rnnt`` from the first step;
+            ``n > 0``: its weight rises linearly from 0 to ``rnnt`` over the first ``n`` optimiser
+            steps (the model reads the step from ``JustModel.set_step``). With ``ctc > 0`` this
+            lets the encoder learn alignments from the CTC term first: from scratch on little data
+            the RNN-T gradient slows the encoder's escape from the blank-only plateau.
         rnnt_reduction: ``"token"`` (default): the summed negative log-likelihood of all transcribed
             utterances divided by their total number of target tokens (per-token mean, which keeps
             L_rnnt on the same per-frame/per-token scale as the self-supervised terms);
@@ -236,6 +241,7 @@ class LossWeights:
     diversity: float = 0.1
     mlm: float = 1.0
     ctc: float = 0.0
+    rnnt_ramp_steps: int = 0
     rnnt_reduction: Literal["token", "utterance"] = "token"
 
 
@@ -432,6 +438,7 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
     for name in ("rnnt", "ssl", "diversity", "mlm", "ctc"):
         need(getattr(w, name) >= 0.0, f"loss.{name}", "must be >= 0")
     need(w.rnnt > 0 or w.ssl > 0, "loss.rnnt", "and loss.ssl cannot both be 0 (nothing to train)")
+    need(w.rnnt_ramp_steps >= 0, "loss.rnnt_ramp_steps", "must be >= 0")
     need(w.ctc == 0 or w.rnnt > 0, "loss.ctc", "needs loss.rnnt > 0 (the CTC head reads the RNN-T branch's encoder output)")
 
 

@@ -112,6 +112,7 @@ class JustOutput:
         weights: loss weights and RNN-T reduction.
         num_distractors, kappa: contrastive-loss settings.
         gumbel_temperature: quantiser temperature used in this forward.
+        rnnt_ramp: factor on the RNN-T weight at this step (``loss.rnnt_ramp_steps``; 1 after it).
     """
 
     latent_lens: Tensor
@@ -119,6 +120,7 @@ class JustOutput:
     num_distractors: int
     kappa: float
     gumbel_temperature: float
+    rnnt_ramp: float = 1.0
     mask: Tensor | None = None
     context: Tensor | None = None
     quantized: Tensor | None = None
@@ -152,7 +154,7 @@ class JustOutput:
 
         Terms (unweighted) and reductions:
 
-        * ``rnnt``: per-utterance negative log-likelihoods of the transcribed rows, reduced per
+        * ``rnnt``: (weighted by ``weights.rnnt`` times ``rnnt_ramp``) per-utterance negative log-likelihoods of the transcribed rows, reduced per
           ``weights.rnnt_reduction``: ``"token"`` sums them and divides by the rows' total target
           tokens (at least 1); ``"utterance"`` averages them over the transcribed rows. Present
           (as 0.0) whenever the RNN-T is on, even if no row had text. With ``decoder.rnnt:
@@ -178,7 +180,9 @@ class JustOutput:
             if w.rnnt > 0:
                 rnnt = self._rnnt_term(metrics)
                 terms["rnnt"] = rnnt
-                total = total + w.rnnt * rnnt
+                total = total + (w.rnnt * self.rnnt_ramp) * rnnt
+                if self.rnnt_ramp < 1.0:
+                    metrics["rnnt_ramp"] = torch.tensor(self.rnnt_ramp, device=device)
             if w.ctc > 0 and self.ctc_logits is not None:
                 ctc = self._ctc_term()
                 terms["ctc"] = ctc
@@ -356,6 +360,12 @@ class JustModel(nn.Module):
             raise ValueError(f"set_step: step must be >= 0, got {step}")
         self.current_step = int(step)
 
+    def rnnt_ramp(self) -> float:
+        """Factor on the RNN-T weight at the current step: ``min(1, step / loss.rnnt_ramp_steps)``
+        (1 when the ramp is off)."""
+        n = self.cfg.loss.rnnt_ramp_steps
+        return 1.0 if n <= 0 else min(1.0, self.current_step / n)
+
     def rnnt_loss_scales(self) -> tuple[float, float]:
         """``(simple_scale, pruned_scale)`` at the current step (``pruned`` path)."""
         dc = self.cfg.decoder
@@ -431,6 +441,7 @@ class JustModel(nn.Module):
         out = JustOutput(
             latent_lens=latent_lens, weights=w, num_distractors=cfg.contrastive.num_distractors,
             kappa=cfg.contrastive.kappa, gumbel_temperature=self.quantizer.temperature,
+            rnnt_ramp=self.rnnt_ramp(),
         )
         enc: Tensor | None = None
         enc_lens: Tensor | None = None
