@@ -83,9 +83,9 @@ VAL_CHECKS=${VAL_CHECKS:-4}                    # in-training dev validations per
 # optimisation (Noam peak rates): from-scratch runs use LR (configs/demo.yaml's tiny-model rate);
 # fine-tuning runs FT_LR on the pretrained encoder and FT_DECODER_LR on the fresh predictor and joiner
 # (the regime presets' 5e-4 / 2e-3 with 5000 warm-up steps are sized for long runs)
-LR=${LR:-3e-3}
-FT_LR=${FT_LR:-1.5e-3}
-FT_DECODER_LR=${FT_DECODER_LR:-3e-3}
+LR=${LR:-1e-3}
+FT_LR=${FT_LR:-5e-4}
+FT_DECODER_LR=${FT_DECODER_LR:-1e-3}
 MASK_PROB=${MASK_PROB:-0.065}                  # w2v-BERT's span-start probability (~49% of frames masked)
 BETAS=${BETAS:-"0.01 0.05 0.2"}                # JUST's beta sweep (chosen on dev, never on test)
 PRECISION=${PRECISION:-}                       # empty: the presets' bf16-mixed; e.g. 32
