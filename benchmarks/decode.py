@@ -1,14 +1,33 @@
-"""Decoding speed benchmark: real-time factor of greedy and beam search (search alone and with the
-encoder) for a randomly initialised model of a preset size.
+"""Decoding speed benchmark: real-time factor of greedy and beam search, encoder and search timed
+apart, on a trained model with the WER of each search beside its speed, or on a random model.
 
 Run (from the repository root; results go in BENCHMARKS.md)::
 
+    # a trained model directory on cut manifests (the demo test set): speed and WER per method
+    .venv/bin/python benchmarks/decode.py --model DIR --cuts MANIFEST [MANIFEST ...] --beams 1,4 --threads 1
+
+    # a randomly initialised model of a preset size on synthetic features (search speed only)
     .venv/bin/python benchmarks/decode.py --config configs/model/tiny.yaml --threads 2
     .venv/bin/python benchmarks/decode.py --config configs/model/tiny.yaml --threads 2 --blank-bias 4
 
 RTF = processing seconds / audio seconds (features are 10 ms frames, so the audio length of a batch
-is ``sum(feature_lens) / 100`` seconds). A random model emits far more units than a trained one
-(whose joiner mostly says blank); ``--blank-bias`` adds to the blank logit to mimic a trained
+is ``sum(feature_lens) / 100`` seconds).
+
+Trained-model mode (``--model``): the cuts of all manifests are read once and turned into the
+evaluation batches of ``just-asr decode`` (:func:`just_asr.data.loader.make_eval_dataloader`, the
+model's own feature recipe and CMVN); that feature pass is timed and reported on its own, and the
+features stay in memory. Then, per repeat, the encoder runs over every batch (encoder time), and
+each search (greedy, then every ``--beams`` size) runs over the stored encoder output of every
+batch (search time). Each figure is the median over ``--repeats`` repeats, after one untimed
+warm-up pass over the first batch. The table gives, per method: audio seconds, encoder RTF, search
+RTF, total RTF (encoder + search), the search and total time as a multiple of greedy's, the units
+emitted per second of audio, and the WER (%) as the unweighted average over languages and per
+language (:func:`just_asr.evaluate.score_by_language`; cuts without a reference text are decoded
+but not scored). Beam search with beam 1 must make exactly greedy's choices: the script checks
+that it gives the same unit ids for every utterance and exits with status 1 if it does not.
+
+Random-model mode (``--config``, the default): a random model emits far more units than a trained
+one (whose joiner mostly says blank); ``--blank-bias`` adds to the blank logit to mimic a trained
 model's emission rate, and the script prints the units emitted per second of audio so runs can be
 compared. Timings are the best of ``--repeats`` runs, all inside one process.
 """
@@ -16,33 +35,289 @@ compared. Timings are the best of ``--repeats`` runs, all inside one process.
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from torch import Tensor
 
-from just_asr.decode import beam_search, greedy_search
+from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME, beam_search, decode, greedy_search
 from just_asr.model import JustModel, load_model_config
 
+FRAMES_PER_SECOND = 100.0  # both feature recipes use a 10 ms frame shift
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/model/tiny.yaml")
-    p.add_argument("--vocab-size", type=int, default=256)
-    p.add_argument("--batch", type=int, default=16, help="utterances per batch")
-    p.add_argument("--seconds", type=float, default=10.0, help="mean utterance length")
-    p.add_argument("--beams", default="4", help="comma-separated beam sizes")
-    p.add_argument("--max-symbols-per-frame", type=int, default=3)
-    p.add_argument("--blank-bias", type=float, default=0.0, help="added to the blank logit")
-    p.add_argument("--enc-scale", type=float, default=1.0,
-                   help="multiplies the joiner's encoder projection (a random model's logits barely depend on "
-                        "the frame; scaling this makes blank/non-blank vary from frame to frame)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
 
-    torch.set_num_threads(args.threads)
+def _parse_beams(text: str) -> list[int]:
+    try:
+        beams = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--beams must be comma-separated integers, got {text!r}") from None
+    if not beams or any(b < 1 for b in beams):
+        raise ValueError(f"--beams must list beam sizes >= 1, got {text!r}")
+    return beams
+
+
+def _sync(device: torch.device | str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------
+# trained-model mode
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One evaluation batch, features already normalised with the model's CMVN.
+
+    ``features: (B, T, 80)`` float32 on the model's device, ``lens: (B,)`` valid frames per row;
+    ``cut_ids``, ``texts`` (reference, ``""`` when none) and ``langs`` (ISO code) have ``B`` entries.
+    """
+
+    features: Tensor
+    lens: Tensor
+    cut_ids: list[str]
+    texts: list[str]
+    langs: list[str]
+
+
+@dataclass
+class MethodResult:
+    """Timings (seconds, medians over repeats) and scores of one search method."""
+
+    name: str
+    beam: int  # 0 for greedy
+    search_seconds: float
+    search_runs: list[float]
+    tokens: dict[str, list[int]]  # cut id -> unit ids
+    wer: float | None  # unweighted average over languages, in %
+    wer_by_lang: dict[str, float | None]  # in %
+
+
+@dataclass
+class TrainedBenchmark:
+    """Everything the trained-model mode measured (see the module docstring)."""
+
+    num_utts: int
+    num_batches: int
+    num_scored: int
+    audio_seconds: float
+    feature_seconds: float
+    encoder_seconds: float
+    encoder_runs: list[float]
+    methods: list[MethodResult] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)
+    beam1_mismatches: int | None = None  # utterances where beam 1 differs from greedy
+
+    @property
+    def beam1_ok(self) -> bool:
+        return self.beam1_mismatches == 0
+
+
+def _select_cuts(cuts, max_per_lang: int | None):
+    """The first ``max_per_lang`` cuts of each language, in manifest order (all when ``None``)."""
+    from lhotse import CutSet
+
+    from just_asr.data.dataset import cut_language
+
+    if max_per_lang is None:
+        return cuts
+    taken: dict[str, int] = {}
+    keep = []
+    for c in cuts:
+        lang = cut_language(c)
+        if taken.get(lang, 0) < max_per_lang:
+            taken[lang] = taken.get(lang, 0) + 1
+            keep.append(c)
+    return CutSet.from_cuts(keep)
+
+
+def _median_timed(fn: Callable[[], object], repeats: int, device) -> tuple[float, list[float], object]:
+    """Run ``fn`` ``repeats`` times; return the median wall time, all times and the last output."""
+    runs: list[float] = []
+    out = None
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs), runs, out
+
+
+def run_trained(
+    model_dir: str | Path,
+    manifests: Sequence[str | Path],
+    beams: Sequence[int] = (4,),
+    repeats: int = 3,
+    max_utts_per_lang: int | None = None,
+    max_duration: float = 200.0,
+    max_symbols_per_frame: int = DEFAULT_MAX_SYMBOLS_PER_FRAME,
+    device: str = "cpu",
+) -> TrainedBenchmark:
+    """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``.
+
+    Raises ``ValueError`` (naming the file) for a missing or unreadable manifest or model
+    directory, and when no utterance could be featurised.
+    """
+    from just_asr.cli.decode import _load_cuts
+    from just_asr.data.dataset import cut_language
+    from just_asr.data.errors import DataError
+    from just_asr.data.loader import make_eval_dataloader
+    from just_asr.evaluate import score_by_language
+    from just_asr.evaluate.metrics import language_order
+    from just_asr.inference import load_model_dir
+
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if max_utts_per_lang is not None and max_utts_per_lang < 1:
+        raise ValueError(f"--max-utts-per-lang must be >= 1, got {max_utts_per_lang}")
+    if max_duration <= 0:
+        raise ValueError(f"--max-duration must be positive, got {max_duration}")
+    loaded = load_model_dir(model_dir, device=device)
+    model = loaded.model.eval()
+    blank = loaded.tokenizer.blank_id
+    cuts = _select_cuts(_load_cuts([str(m) for m in manifests]), max_utts_per_lang)
+    if len(cuts) == 0:
+        raise ValueError(f"{', '.join(map(str, manifests))}: the manifests hold no cuts")
+    langs_by_id = {c.id: cut_language(c) for c in cuts}
+    has_ref = {c.id: any(s.text is not None and s.text.strip() for s in c.supervisions) for c in cuts}
+
+    # 1. features, once, before any timing (CMVN as the model directory records it)
+    feature_source = loaded.feature_source or "auto"
+    # lhotse warns that an eagerly read CutSet gains nothing from its dynamic bucketing: true, and harmless
+    warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
+    start = time.perf_counter()
+    loader = make_eval_dataloader(cuts, None, max_duration=max_duration, cmvn=None, feature_source=feature_source)
+    batches: list[Batch] = []
+    it = iter(loader)
+    while True:
+        try:
+            b = next(it)
+        except StopIteration:
+            break
+        except DataError as exc:  # a batch whose every cut was unreadable
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        feats = b["features"].to(device, torch.float32)
+        lens = b["feature_lens"].to(device, torch.int64)
+        if loaded.cmvn is not None:
+            feats = loaded.cmvn.apply(feats, lens)
+        batches.append(Batch(feats, lens, list(b["cut_ids"]), list(b["texts"]),
+                             [langs_by_id[i] for i in b["cut_ids"]]))
+    _sync(device)
+    feature_seconds = time.perf_counter() - start
+    errors = getattr(loader, "errors", None)
+    for issue in errors.issues if errors is not None else []:  # unreadable audio: left out, reported
+        print(f"error: {issue}", file=sys.stderr)
+    if not batches:
+        raise ValueError(f"{', '.join(map(str, manifests))}: no cut could be featurised")
+    audio = sum(float(b.lens.sum()) for b in batches) / FRAMES_PER_SECOND
+
+    # 2. encoder: warm up on one batch, then every batch per repeat
+    with torch.no_grad():
+        model.encode(batches[0].features, batches[0].lens)
+        t_enc, enc_runs, encoded = _median_timed(
+            lambda: [model.encode(b.features, b.lens) for b in batches], repeats, device)
+
+    # 3. searches on the stored encoder output
+    scored_ids = sorted(i for b in batches for i in b.cut_ids if has_ref[i])
+    refs = {i: t for b in batches for i, t in zip(b.cut_ids, b.texts, strict=True)}
+    present_langs = language_order(sorted({langs_by_id[i] for i in scored_ids}))
+
+    def search(beam: int):
+        method = "greedy" if beam == 0 else "beam"
+
+        def one_pass() -> dict[str, list[int]]:
+            out: dict[str, list[int]] = {}
+            for b, (enc, enc_lens) in zip(batches, encoded, strict=True):
+                r = decode(model.predictor, model.joiner, enc, enc_lens, blank_id=blank, method=method,
+                           beam=max(beam, 1), max_symbols_per_frame=max_symbols_per_frame)
+                for cut_id, toks in zip(b.cut_ids, r.tokens, strict=True):
+                    out[cut_id] = list(toks)
+            return out
+
+        return one_pass
+
+    result = TrainedBenchmark(
+        num_utts=sum(len(b.cut_ids) for b in batches), num_batches=len(batches), num_scored=len(scored_ids), audio_seconds=audio,
+        feature_seconds=feature_seconds, encoder_seconds=t_enc, encoder_runs=enc_runs, languages=present_langs,
+    )
+    with torch.no_grad():
+        for beam in [0, *beams]:
+            fn = search(beam)
+            enc0, lens0 = encoded[0]
+            decode(model.predictor, model.joiner, enc0, lens0, blank_id=blank,
+                   method="greedy" if beam == 0 else "beam", beam=max(beam, 1),
+                   max_symbols_per_frame=max_symbols_per_frame)  # warm-up
+            t, runs, tokens = _median_timed(fn, repeats, device)
+            report = score_by_language([refs[i] for i in scored_ids],
+                                       [loaded.tokenizer.decode(tokens[i]) for i in scored_ids],
+                                       [langs_by_id[i] for i in scored_ids]) if scored_ids else None
+            pct = (lambda v: None if v is None else 100.0 * v)
+            result.methods.append(MethodResult(
+                name="greedy" if beam == 0 else f"beam {beam}", beam=beam, search_seconds=t, search_runs=runs,
+                tokens=tokens, wer=pct(report.average_wer) if report else None,
+                wer_by_lang={l.language: pct(l.wer) for l in report.languages} if report else {},
+            ))
+        greedy_tokens = result.methods[0].tokens
+        beam1 = next((m.tokens for m in result.methods if m.beam == 1), None)
+        if beam1 is None:  # not asked for: run it once, untimed, for the check
+            beam1 = search(1)()
+        result.beam1_mismatches = sum(greedy_tokens[i] != beam1[i] for i in greedy_tokens)
+    return result
+
+
+def format_trained(res: TrainedBenchmark) -> str:
+    """The Markdown table (plus a header line and the beam-1 check) of a :class:`TrainedBenchmark`."""
+    audio = res.audio_seconds
+    greedy = res.methods[0]
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    head = ["method", "audio s", "encoder RTF", "search RTF", "total RTF", "search x greedy", "total x greedy",
+            "units/s", "WER avg %", *[f"WER {l} %" for l in res.languages]]
+    lines = [
+        f"{res.num_utts} utterances ({res.num_scored} scored) in {res.num_batches} batches, {audio:.1f} s of audio; "
+        f"features "
+        f"(not in the table) RTF {res.feature_seconds / audio:.5f}; median of {len(res.encoder_runs)} repeats",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for m in res.methods:
+        total = res.encoder_seconds + m.search_seconds
+        units = sum(len(t) for t in m.tokens.values()) / audio
+        row = [m.name, f"{audio:.1f}", f"{res.encoder_seconds / audio:.5f}", f"{m.search_seconds / audio:.5f}",
+               f"{total / audio:.5f}", f"{m.search_seconds / greedy.search_seconds:.2f}",
+               f"{total / (res.encoder_seconds + greedy.search_seconds):.2f}", f"{units:.1f}",
+               fmt(m.wer, ".2f"), *[fmt(m.wer_by_lang.get(l), ".2f") for l in res.languages]]
+        lines.append("| " + " | ".join(row) + " |")
+    spread = "; ".join(f"{m.name} {min(m.search_runs) / audio:.5f}-{max(m.search_runs) / audio:.5f}"
+                       for m in res.methods)
+    lines += ["", f"spread over repeats (min-max RTF): encoder {min(res.encoder_runs) / audio:.5f}-"
+                  f"{max(res.encoder_runs) / audio:.5f}; search: {spread}"]
+    n = len(greedy.tokens)
+    verdict = "PASS" if res.beam1_ok else "FAIL"
+    lines += ["", f"beam-1 check: {verdict} (beam 1 and greedy give the same units on "
+                  f"{n - (res.beam1_mismatches or 0)} of {n} utterances)"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# random-model mode
+# ----------------------------------------------------------------------------------------------
+
+
+def run_random(args: argparse.Namespace) -> None:
+    """Search speed of a randomly initialised model on synthetic features (see the module docstring)."""
     torch.manual_seed(args.seed)
     cfg = load_model_config(args.config)
     model = JustModel(cfg, args.vocab_size).to(args.device).eval()
@@ -52,17 +327,15 @@ def main() -> None:
     frames = torch.randint(int(args.seconds * 75), int(args.seconds * 125) + 1, (args.batch,))
     feats = torch.randn(args.batch, int(frames.max()), 80, device=args.device)
     lens = frames.to(args.device)
-    audio = float(frames.sum()) / 100.0
+    audio = float(frames.sum()) / FRAMES_PER_SECOND
 
     def best(fn):
         times = []
         for _ in range(args.repeats):
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            _sync(args.device)
             t = time.perf_counter()
             out = fn()
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            _sync(args.device)
             times.append(time.perf_counter() - t)
         return min(times), out
 
@@ -76,7 +349,7 @@ def main() -> None:
     print(f"encoder           RTF {t_enc / audio:.5f}")
     print(f"greedy search     RTF {t_greedy / audio:.5f}   (+encoder {(t_greedy + t_enc) / audio:.5f}); "
           f"{units:.1f} units/s of audio")
-    for beam in [int(b) for b in args.beams.split(",")]:
+    for beam in _parse_beams(args.beams):
         t_beam, r = best(lambda: beam_search(model.predictor, model.joiner, enc, enc_lens, 0, beam=beam,
                                              max_symbols_per_frame=n))
         units = sum(len(t) for t in r.tokens) / audio
@@ -84,5 +357,66 @@ def main() -> None:
               f"{units:.1f} units/s of audio")
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="DIR", help="trained model directory (just-asr export): trained-model mode")
+    p.add_argument("--cuts", nargs="+", metavar="MANIFEST", help="lhotse cut manifests (with --model)")
+    p.add_argument("--max-utts-per-lang", type=int, default=None,
+                   help="with --model: the first N cuts of each language only (default: all)")
+    p.add_argument("--max-duration", type=float, default=200.0,
+                   help="with --model: seconds of audio per batch, as in just-asr decode (default: 200)")
+    p.add_argument("--config", default="configs/model/tiny.yaml", help="random-model mode: model preset")
+    p.add_argument("--vocab-size", type=int, default=256, help="random-model mode")
+    p.add_argument("--batch", type=int, default=16, help="random-model mode: utterances per batch")
+    p.add_argument("--seconds", type=float, default=10.0, help="random-model mode: mean utterance length")
+    p.add_argument("--beams", default="4", help="comma-separated beam sizes (default: 4)")
+    p.add_argument("--max-symbols-per-frame", type=int, default=None,
+                   help=f"most units per encoder frame (default: {DEFAULT_MAX_SYMBOLS_PER_FRAME} with --model, "
+                        "3 for a random model)")
+    p.add_argument("--blank-bias", type=float, default=0.0, help="random-model mode: added to the blank logit")
+    p.add_argument("--enc-scale", type=float, default=1.0,
+                   help="random-model mode: multiplies the joiner's encoder projection (a random model's logits "
+                        "barely depend on the frame; scaling this makes blank/non-blank vary from frame to frame)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (default: 3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random-model mode")
+    args = p.parse_args(argv)
+
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        beams = _parse_beams(args.beams)
+    except ValueError as exc:
+        p.error(str(exc))
+    torch.set_num_threads(args.threads)
+    if args.model is None:
+        if args.cuts:
+            p.error("--cuts needs --model")
+        if args.max_symbols_per_frame is None:
+            args.max_symbols_per_frame = 3
+        run_random(args)
+        return 0
+    if not args.cuts:
+        p.error("--model needs --cuts MANIFEST [MANIFEST ...]")
+    from just_asr.inference import ModelDirError
+
+    if args.max_symbols_per_frame is None:
+        args.max_symbols_per_frame = DEFAULT_MAX_SYMBOLS_PER_FRAME
+    try:
+        res = run_trained(
+            args.model, args.cuts, beams=beams, repeats=args.repeats, max_utts_per_lang=args.max_utts_per_lang,
+            max_duration=args.max_duration, device=args.device,
+            max_symbols_per_frame=args.max_symbols_per_frame,
+        )
+    except (ModelDirError, ValueError, OSError) as exc:
+        print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"model {args.model}; threads {args.threads}; device {args.device}; "
+          f"max symbols per frame {args.max_symbols_per_frame}")
+    print(format_trained(res), end="")
+    return 0 if res.beam1_ok else 1
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

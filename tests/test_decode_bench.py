@@ -1,0 +1,144 @@
+"""Tests for the trained-model mode of ``benchmarks/decode.py`` (``--model DIR --cuts MANIFEST...``):
+a randomly initialised tiny model saved as a model directory, decoded on the test cuts of two
+languages of the tiny espeak-ng corpus."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from just_asr.model import JustModel, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "frontend": {"conv_channels": 8},
+    "encoder": {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 5,
+                "left_max_position": 8, "right_max_position": 2},
+    "quantizer": {"codebook_size": 16, "code_dim": 32},
+    "contrastive": {"num_layers": 1, "final_dim": 16, "num_distractors": 4},
+    "mlm": {"num_layers": 1},
+    "decoder": {"embed_dim": 16, "hidden_dim": 24, "joint_dim": 24},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """``benchmarks/decode.py`` imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("decode_bench", ROOT / "benchmarks" / "decode.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_corpus_dir, tmp_path_factory):
+    """Test manifests of en and pl and a model directory with a random tiny model."""
+    from just_asr.data.dataset import cut_text
+    from just_asr.data.mls import load_manifests, prepare_mls
+    from just_asr.data.tokenizer import Tokenizer, train_tokenizer
+    from just_asr.inference import save_model_dir
+
+    work = tmp_path_factory.mktemp("decode_bench")
+    prepare_mls(tiny_corpus_dir, work / "manifests", langs=["en", "pl"], splits=["test"], progress=False)
+    manifests = sorted(str(p) for p in (work / "manifests").glob("mls-*_cuts_test.jsonl.gz"))
+    assert len(manifests) == 2
+    texts = {l: [cut_text(c) for c in load_manifests(work / "manifests", l, "test")] * 5 for l in ("en", "pl")}
+    tok = train_tokenizer(texts, work / "tok", vocab_size=40, required_langs=["en", "pl"])
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(TINY)
+    model = JustModel(cfg, Tokenizer(tok).vocab_size).eval()
+    with torch.no_grad():  # emissions likelier than blank, so hypotheses are not all empty
+        model.joiner.output.bias[0] -= 1.0
+    save_model_dir(work / "model", model, cfg.to_dict(), tok)
+    return work / "model", manifests
+
+
+def test_trained_mode_table(bench, setup, capsys):
+    model_dir, manifests = setup
+    rc = bench.main(["--model", str(model_dir), "--cuts", *manifests, "--beams", "1,2", "--threads", "1",
+                     "--repeats", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+            for line in out.splitlines() if line.startswith("| ")}
+    header = rows.pop("method")
+    assert header[:9] == ["method", "audio s", "encoder RTF", "search RTF", "total RTF", "search x greedy",
+                          "total x greedy", "units/s", "WER avg %"]
+    assert header[9:] == ["WER en %", "WER pl %"]  # MLS order, only the languages present
+    assert list(rows) == ["greedy", "beam 1", "beam 2"]
+    for name, row in rows.items():
+        values = [float(v) for v in row[1:]]
+        assert all(v >= 0 and v != float("inf") for v in values), row
+        audio, enc, search, total = values[:4]
+        assert total == pytest.approx(enc + search, abs=2e-5)  # rounded to 5 decimals each
+        wers = values[7:]
+        assert wers[0] == pytest.approx((wers[1] + wers[2]) / 2, abs=0.01)  # unweighted mean
+    assert rows["greedy"][5] == "1.00"
+    assert rows["beam 1"][8:] == rows["greedy"][8:]  # same units -> same WER
+    assert "beam-1 check: PASS" in out
+    assert "4 utterances (4 scored) in " in out and "spread over repeats" in out
+
+
+def test_trained_mode_values(bench, setup):
+    """Audio seconds, WER and units against independent computations."""
+    from lhotse import CutSet
+
+    from just_asr.data.dataset import cut_language, cut_text
+    from just_asr.evaluate import word_errors
+    from just_asr.inference import Transcriber, load_model_dir
+
+    model_dir, manifests = setup
+    res = bench.run_trained(model_dir, manifests, beams=[2], repeats=1)
+    cuts = [c for m in manifests for c in CutSet.from_file(m)]
+    assert res.num_utts == len(cuts) == 4 and res.num_batches >= 1
+    # 10 ms frames: (samples + 80) // 160 frames per cut
+    assert res.audio_seconds == pytest.approx(sum((c.num_samples + 80) // 160 for c in cuts) / 100)
+    assert [m.name for m in res.methods] == ["greedy", "beam 2"]
+    assert res.beam1_mismatches == 0  # beam 1 was not asked for: run untimed for the check
+    assert len(res.encoder_runs) == 1 and res.encoder_seconds > 0
+    # greedy, one utterance at a time through the Transcriber (no padding at all) -> same units, same WER
+    loaded = load_model_dir(model_dir)
+    tr = Transcriber(loaded, method="greedy")
+    greedy = res.methods[0]
+    for lang in ("en", "pl"):
+        refs, hyps = [], []
+        for c in cuts:
+            if cut_language(c) != lang:
+                continue
+            feats = loaded.extract_features(c.load_audio()[0], c.sampling_rate)
+            r = tr.decode_batch(feats[None], torch.tensor([feats.shape[0]]))
+            assert greedy.tokens[c.id] == list(r.tokens[0])
+            refs.append(cut_text(c))
+            hyps.append(loaded.tokenizer.decode(r.tokens[0]))
+        assert greedy.wer_by_lang[lang] == pytest.approx(100 * word_errors(refs, hyps).rate)
+    assert greedy.wer == pytest.approx((greedy.wer_by_lang["en"] + greedy.wer_by_lang["pl"]) / 2)
+
+
+def test_max_utts_per_lang_and_errors(bench, setup, tmp_path, capsys):
+    model_dir, manifests = setup
+    res = bench.run_trained(model_dir, manifests, beams=[1], repeats=1, max_utts_per_lang=1)
+    assert res.num_utts == 2 and res.languages == ["en", "pl"]
+    missing = tmp_path / "nope_cuts_test.jsonl.gz"
+    assert bench.main(["--model", str(model_dir), "--cuts", str(missing), "--threads", "1"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--cuts", manifests[0]])  # --cuts without --model
+    with pytest.raises(SystemExit):
+        bench.main(["--model", str(model_dir)])  # --model without --cuts
