@@ -153,3 +153,27 @@ def test_rnnt_ramp_scales_only_the_rnnt_weight_by_step() -> None:
 
     with pytest.raises(ValueError, match="rnnt_ramp_steps"):
         make_cfg(loss={"rnnt_ramp_steps": -1})
+
+
+def test_ssl_start_and_ramp() -> None:
+    torch.manual_seed(0)
+    cfg = make_cfg(loss={"ssl": 0.5, "ssl_start_step": 2, "ssl_ramp_steps": 4})
+    model = JustModel(cfg, VOCAB).eval()
+    b = make_batch()
+    for step, ramp in ((0, 0.0), (1, 0.0), (2, 0.0), (3, 0.25), (6, 1.0), (9, 1.0)):
+        model.set_step(step)
+        assert model.ssl_ramp() == ramp
+        out = model(b["features"], b["feature_lens"], b["targets"], b["target_lens"], b["has_text"],
+                    generator=torch.Generator().manual_seed(1))
+        res = out.compute_loss(generator=torch.Generator().manual_seed(2))
+        if ramp == 0.0:
+            assert out.mask is None and "contrastive" not in res.terms  # the SSL branch did not run
+            torch.testing.assert_close(res.total, res.terms["rnnt"])
+        else:
+            t = res.terms
+            want = t["rnnt"] + 0.5 * ramp * (t["contrastive"] + 0.1 * t["diversity"] + t["mlm"])
+            torch.testing.assert_close(res.total, want)
+    import pytest
+
+    with pytest.raises(ValueError, match="ssl_start_step"):
+        make_cfg(loss={"rnnt": 0.0, "ssl": 1.0, "ssl_start_step": 10})

@@ -229,6 +229,11 @@ class LossWeights:
             steps (the model reads the step from ``JustModel.set_step``). With ``ctc > 0`` this
             lets the encoder learn alignments from the CTC term first: from scratch on little data
             the RNN-T gradient slows the encoder's escape from the blank-only plateau.
+        ssl_start_step, ssl_ramp_steps: beta is 0 (and the self-supervised branch is not run) before
+            optimiser step ``ssl_start_step``, then rises linearly to ``ssl`` over ``ssl_ramp_steps``
+            steps (defaults 0, 0: beta from the first step, the paper's setting). From scratch on
+            little data, the self-supervised gradients slow the encoder's first alignment learning;
+            the demo starts them once the supervised terms have left the blank plateau.
         rnnt_reduction: ``"token"`` (default): the summed negative log-likelihood of all transcribed
             utterances divided by their total number of target tokens (per-token mean, which keeps
             L_rnnt on the same per-frame/per-token scale as the self-supervised terms);
@@ -242,6 +247,8 @@ class LossWeights:
     mlm: float = 1.0
     ctc: float = 0.0
     rnnt_ramp_steps: int = 0
+    ssl_start_step: int = 0
+    ssl_ramp_steps: int = 0
     rnnt_reduction: Literal["token", "utterance"] = "token"
 
 
@@ -439,6 +446,10 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
         need(getattr(w, name) >= 0.0, f"loss.{name}", "must be >= 0")
     need(w.rnnt > 0 or w.ssl > 0, "loss.rnnt", "and loss.ssl cannot both be 0 (nothing to train)")
     need(w.rnnt_ramp_steps >= 0, "loss.rnnt_ramp_steps", "must be >= 0")
+    need(w.ssl_start_step >= 0, "loss.ssl_start_step", "must be >= 0")
+    need(w.ssl_ramp_steps >= 0, "loss.ssl_ramp_steps", "must be >= 0")
+    need(w.rnnt > 0 or (w.ssl_start_step == 0 and w.ssl_ramp_steps == 0), "loss.ssl_start_step",
+         "and loss.ssl_ramp_steps need loss.rnnt > 0 (otherwise nothing trains before beta starts)")
     need(w.ctc == 0 or w.rnnt > 0, "loss.ctc", "needs loss.rnnt > 0 (the CTC head reads the RNN-T branch's encoder output)")
 
 

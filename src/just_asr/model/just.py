@@ -113,6 +113,7 @@ class JustOutput:
         num_distractors, kappa: contrastive-loss settings.
         gumbel_temperature: quantiser temperature used in this forward.
         rnnt_ramp: factor on the RNN-T weight at this step (``loss.rnnt_ramp_steps``; 1 after it).
+        ssl_ramp: factor on beta at this step (``loss.ssl_start_step``/``ssl_ramp_steps``).
     """
 
     latent_lens: Tensor
@@ -121,6 +122,7 @@ class JustOutput:
     kappa: float
     gumbel_temperature: float
     rnnt_ramp: float = 1.0
+    ssl_ramp: float = 1.0
     mask: Tensor | None = None
     context: Tensor | None = None
     quantized: Tensor | None = None
@@ -199,7 +201,9 @@ class JustOutput:
                 terms["contrastive"] = contrastive
                 terms["diversity"] = diversity
                 terms["mlm"] = mlm
-                total = total + w.ssl * (contrastive + w.diversity * diversity + w.mlm * mlm)
+                total = total + (w.ssl * self.ssl_ramp) * (contrastive + w.diversity * diversity + w.mlm * mlm)
+                if self.ssl_ramp < 1.0:
+                    metrics["ssl_ramp"] = torch.tensor(self.ssl_ramp, device=device)
                 metrics["contrastive_accuracy"] = c_acc.detach().float()
                 metrics["mlm_accuracy"] = m_acc.detach().float()
                 metrics["codebook_perplexity"] = codebook_perplexity(self.code_probs.detach().float()).float()
@@ -366,6 +370,16 @@ class JustModel(nn.Module):
         n = self.cfg.loss.rnnt_ramp_steps
         return 1.0 if n <= 0 else min(1.0, self.current_step / n)
 
+    def ssl_ramp(self) -> float:
+        """Factor on beta at the current step: 0 before ``loss.ssl_start_step``, then a linear rise
+        to 1 over ``loss.ssl_ramp_steps`` (1 at once when that is 0). While it is 0 the
+        self-supervised branch is not run at all (no masking, quantiser or MLM head)."""
+        w = self.cfg.loss
+        done = self.current_step - w.ssl_start_step
+        if done < 0:
+            return 0.0
+        return 1.0 if w.ssl_ramp_steps <= 0 else min(1.0, done / w.ssl_ramp_steps)
+
     def rnnt_loss_scales(self) -> tuple[float, float]:
         """``(simple_scale, pruned_scale)`` at the current step (``pruned`` path)."""
         dc = self.cfg.decoder
@@ -432,7 +446,8 @@ class JustModel(nn.Module):
                 f"features shape {tuple(features.shape)}"
             )
         cfg, w = self.cfg, self.cfg.loss
-        run_ssl = w.ssl > 0
+        ssl_ramp = self.ssl_ramp()
+        run_ssl = w.ssl > 0 and ssl_ramp > 0
         rows = torch.nonzero(has_text, as_tuple=False).squeeze(1)
         run_rnnt = w.rnnt > 0 and rows.numel() > 0
         sup = supervised_features if supervised_features is not None else features
@@ -441,7 +456,7 @@ class JustModel(nn.Module):
         out = JustOutput(
             latent_lens=latent_lens, weights=w, num_distractors=cfg.contrastive.num_distractors,
             kappa=cfg.contrastive.kappa, gumbel_temperature=self.quantizer.temperature,
-            rnnt_ramp=self.rnnt_ramp(),
+            rnnt_ramp=self.rnnt_ramp(), ssl_ramp=ssl_ramp,
         )
         enc: Tensor | None = None
         enc_lens: Tensor | None = None
