@@ -126,3 +126,16 @@ def write_mls_corpus(
                     one.extend(chunk)
                 spec.handles_1hr[iso] = one
     return spec
+
+
+#: a ~50k-parameter model for `just-asr fit` runs in tests, as nested overrides of the tiny preset
+SMALL_MODEL_ARGS = [
+    "--model.arch.frontend.conv_channels", "8",
+    "--model.arch.encoder.d_model", "32", "--model.arch.encoder.num_heads", "2",
+    "--model.arch.encoder.ffn_dim", "64", "--model.arch.encoder.conv_kernel", "3",
+    "--model.arch.quantizer.codebook_size", "16", "--model.arch.quantizer.code_dim", "32",
+    "--model.arch.contrastive.num_layers", "1", "--model.arch.contrastive.final_dim", "16",
+    "--model.arch.contrastive.num_distractors", "4", "--model.arch.mlm.num_layers", "1",
+    "--model.arch.decoder.embed_dim", "16", "--model.arch.decoder.hidden_dim", "32",
+    "--model.arch.decoder.joint_dim", "32",
+]

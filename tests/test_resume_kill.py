@@ -83,16 +83,7 @@ from just_asr.cli.main import main
 sys.exit(main(sys.argv[1:]))
 '''
 
-SMALL = [
-    "--model.arch.frontend.conv_channels", "8",
-    "--model.arch.encoder.d_model", "32", "--model.arch.encoder.num_heads", "2",
-    "--model.arch.encoder.ffn_dim", "64", "--model.arch.encoder.conv_kernel", "3",
-    "--model.arch.quantizer.codebook_size", "16", "--model.arch.quantizer.code_dim", "32",
-    "--model.arch.contrastive.num_layers", "1", "--model.arch.contrastive.final_dim", "16",
-    "--model.arch.contrastive.num_distractors", "4", "--model.arch.mlm.num_layers", "1",
-    "--model.arch.decoder.embed_dim", "16", "--model.arch.decoder.hidden_dim", "32",
-    "--model.arch.decoder.joint_dim", "32",
-]
+from data_helpers import SMALL_MODEL_ARGS as SMALL  # a ~50k-parameter model for `fit` runs
 
 
 @pytest.fixture(scope="module")
