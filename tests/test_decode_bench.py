@@ -15,15 +15,7 @@ from just_asr.model import JustModel, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "frontend": {"conv_channels": 8},
-    "encoder": {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 5,
-                "left_max_position": 8, "right_max_position": 2},
-    "quantizer": {"codebook_size": 16, "code_dim": 32},
-    "contrastive": {"num_layers": 1, "final_dim": 16, "num_distractors": 4},
-    "mlm": {"num_layers": 1},
-    "decoder": {"embed_dim": 16, "hidden_dim": 24, "joint_dim": 24},
-}
+from test_inference import TINY  # the same tiny model as the model-directory tests
 
 
 @pytest.fixture(autouse=True, scope="module")

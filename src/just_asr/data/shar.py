@@ -612,8 +612,8 @@ def make_shar_train_dataloader(
     from lhotse.dataset.iterable_dataset import IterableDatasetWrapper
 
     from just_asr.data.dataset import AsrDataset
-    from just_asr.data.features import GlobalCMVN, check_feature_source
-    from just_asr.data.loader import _SpellableFilter
+    from just_asr.data.features import check_feature_source
+    from just_asr.data.loader import _load_cmvn, _SpellableFilter
     from just_asr.data.sampling import LanguageStats, language_mix
 
     if not 0 <= rank < world_size:
@@ -649,8 +649,7 @@ def make_shar_train_dataloader(
                                           sync_buckets=False, **common)
     else:
         sampler = DynamicCutSampler(cuts, **common)
-    cmvn_obj = GlobalCMVN.load(cmvn) if isinstance(cmvn, (str, Path)) else cmvn
-    dataset = AsrDataset(tokenizer, cmvn=cmvn_obj, feature_source=feature_source, spec_augment=spec_augment,
+    dataset = AsrDataset(tokenizer, cmvn=_load_cmvn(cmvn), feature_source=feature_source, spec_augment=spec_augment,
                          on_unknown_chars=on_unknown_chars, errors=errors, seed=seed + 7919 * rank)
     loader = torch.utils.data.DataLoader(
         IterableDatasetWrapper(dataset, sampler),

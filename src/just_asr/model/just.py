@@ -254,20 +254,15 @@ class JustOutput:
             )  # (B_text,)
         tokens = self.rnnt_target_lens.sum()
 
-        def reduce(x: Tensor) -> Tensor:
-            if self.weights.rnnt_reduction == "token":
-                return x.sum() / tokens.clamp(min=1).float()
-            return x.mean()
-
         metrics["rnnt_utterances"] = torch.tensor(float(per_utt.numel()), device=device)
         metrics["rnnt_tokens"] = tokens.detach().float()
         metrics["rnnt_per_utterance"] = per_utt.detach().mean()
         if self.rnnt_simple_nll is not None and self.rnnt_pruned_nll is not None and self.rnnt_scales is not None:
-            metrics["rnnt_simple"] = reduce(self.rnnt_simple_nll.detach().float())
-            metrics["rnnt_pruned"] = reduce(self.rnnt_pruned_nll.detach().float())
+            metrics["rnnt_simple"] = self._reduce(self.rnnt_simple_nll.detach().float())
+            metrics["rnnt_pruned"] = self._reduce(self.rnnt_pruned_nll.detach().float())
             metrics["rnnt_simple_scale"] = torch.tensor(self.rnnt_scales[0], device=device)
             metrics["rnnt_pruned_scale"] = torch.tensor(self.rnnt_scales[1], device=device)
-        return reduce(per_utt)
+        return self._reduce(per_utt)
 
 
 def scale_residual_branches(stack: nn.Module, scale: float) -> int:

@@ -33,6 +33,12 @@ def _activation(name: str) -> nn.Module:
     return table[name]()
 
 
+def prepend_blank(targets: Tensor, blank_id: int) -> Tensor:
+    """``targets: (B, U)`` -> ``(B, U+1)`` with ``blank_id`` (the predictors' start symbol) in front."""
+    start = torch.full_like(targets[:, :1], blank_id)
+    return torch.cat([start, targets], dim=1)
+
+
 class Predictor(nn.Module):
     """Embedding + LSTM stack over previous tokens.
 
@@ -69,8 +75,7 @@ class Predictor(nn.Module):
 
     def prepend_blank(self, targets: Tensor) -> Tensor:
         """``targets: (B, U)`` -> ``(B, U+1)`` with blank (the start symbol) in front."""
-        start = torch.full_like(targets[:, :1], self.blank_id)
-        return torch.cat([start, targets], dim=1)
+        return prepend_blank(targets, self.blank_id)
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """Run the predictor over a token sequence.
@@ -132,8 +137,7 @@ class StatelessPredictor(nn.Module):
 
     def prepend_blank(self, targets: Tensor) -> Tensor:
         """``targets: (B, U)`` -> ``(B, U+1)`` with blank (the start symbol) in front."""
-        start = torch.full_like(targets[:, :1], self.blank_id)
-        return torch.cat([start, targets], dim=1)
+        return prepend_blank(targets, self.blank_id)
 
     def forward(self, tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """``tokens: (B, S)`` -> ``(out (B, S, embed_dim), state)``; position s reads tokens
