@@ -97,6 +97,24 @@ def test_conv_frontend_lengths_match_outputs() -> None:
         fe(torch.randn(2, 10, 40), torch.tensor([10, 10]))
 
 
+def test_conv_frontend_three_layers_subsample_8x() -> None:
+    torch.manual_seed(0)
+    fe = ConvSubsampling(input_dim=80, channels=4, d_model=8, num_layers=3).eval()
+    assert fe.subsampling == 8 and fe.min_input_frames == 15 and fe.freq_out == 9  # 80 -> 39 -> 19 -> 9
+    for t in range(15, 80):
+        y, n = fe(torch.randn(1, t, 80), torch.tensor([t]))
+        assert y.shape[1] == int(n) == (((t - 1) // 2 - 1) // 2 - 1) // 2  # three convs, as actually computed
+    assert fe.output_lengths(torch.tensor([800, 14, 0])).tolist() == [99, 0, 0]
+    with pytest.raises(ValueError, match="at least 15"):
+        fe(torch.randn(2, 20, 80), torch.tensor([20, 14]))
+    with pytest.raises(ValueError, match="must be 2 or 3"):
+        ConvSubsampling(80, 4, 8, num_layers=4)
+    with pytest.raises(ValueError, match=r"'frontend\.conv_layers' must be 2"):
+        ModelConfig.from_dict({"frontend": {"conv_layers": 4}})
+    with pytest.raises(ValueError, match=r"'frontend\.input_dim' must be >= 15"):
+        ModelConfig.from_dict({"frontend": {"conv_layers": 3, "input_dim": 10}})
+
+
 def test_stack_frontend_is_layernorm_plus_projection_of_stacked_frames() -> None:
     torch.manual_seed(0)
     fe = StackedProjection(input_dim=80, stack_frames=2, d_model=8).eval()
@@ -108,13 +126,17 @@ def test_stack_frontend_is_layernorm_plus_projection_of_stacked_frames() -> None
     torch.testing.assert_close(y[0], ref)
 
 
-@pytest.mark.parametrize("kind", ["conv2d", "stack"])
+@pytest.mark.parametrize("kind", ["conv2d", "conv2d-8x", "stack"])
 @pytest.mark.parametrize("conv_norm,causal", [("layer", False), ("batch", True)])
 def test_encoder_padding_invariance(kind: str, conv_norm: str, causal: bool) -> None:
     """Eval mode: an utterance's outputs in a padded batch equal its outputs alone."""
     torch.manual_seed(1)
     ecfg = small_encoder(conv_norm=conv_norm, conv_causal=causal)
-    fe = (ConvSubsampling(80, 4, 16) if kind == "conv2d" else StackedProjection(80, 2, 16)).eval()
+    fe = {
+        "conv2d": lambda: ConvSubsampling(80, 4, 16),
+        "conv2d-8x": lambda: ConvSubsampling(80, 4, 16, num_layers=3),
+        "stack": lambda: StackedProjection(80, 2, 16),
+    }[kind]().eval()
     stack = ConformerStack(ecfg, 2).eval()
     if conv_norm == "batch":  # non-trivial running statistics
         for layer in stack.layers:

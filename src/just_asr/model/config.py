@@ -27,13 +27,16 @@ class FrontendConfig:
     """Feature front end: fbank ``(B, T, input_dim)`` -> latent ``(B, T', d_model)``.
 
     Attributes:
-        kind: ``"conv2d"``: two 3x3 stride-2 Conv2d + ReLU layers (4x subsampling, 40 ms frames)
+        kind: ``"conv2d"``: ``conv_layers`` 3x3 stride-2 Conv2d + ReLU layers (4x or 8x subsampling)
             followed by a linear projection; ``"stack"``: stack ``stack_frames`` consecutive frames
             (80-d -> 160-d at 20 ms), then layer norm + linear projection, no convolutions (the
             w2v-BERT 2.0 / HF ``Wav2Vec2BertFeatureProjection`` front end).
         input_dim: fbank bins per frame.
-        conv_channels: output channels of both conv layers (``conv2d`` only). This dominates the
+        conv_channels: output channels of every conv layer (``conv2d`` only). This dominates the
             front end's cost, so keep it modest for small models.
+        conv_layers: stride-2 conv layers (``conv2d`` only): 2 (4x subsampling, 40 ms frames) or 3
+            (8x, 80 ms frames: half the encoder frames; mind that CTC needs at least as many frames
+            as tokens, and masking spans are counted in these frames).
         stack_frames: frames stacked per output frame (``stack`` only).
         layer_norm_eps: epsilon of the ``stack`` front end's layer norm.
         dropout: dropout on the projected latent.
@@ -42,6 +45,7 @@ class FrontendConfig:
     kind: Literal["conv2d", "stack"] = "conv2d"
     input_dim: int = 80
     conv_channels: int = 64
+    conv_layers: int = 2
     stack_frames: int = 2
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1
@@ -405,7 +409,9 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
     need(f.input_dim > 0, "frontend.input_dim", "must be positive")
     need(f.conv_channels > 0, "frontend.conv_channels", "must be positive")
     need(f.stack_frames >= 1, "frontend.stack_frames", "must be >= 1")
-    need(f.kind != "conv2d" or f.input_dim >= 7, "frontend.input_dim", "must be >= 7 for the conv2d front end")
+    need(f.conv_layers in (2, 3), "frontend.conv_layers", "must be 2 (4x subsampling) or 3 (8x)")
+    need(f.kind != "conv2d" or f.input_dim >= 2 ** (f.conv_layers + 1) - 1, "frontend.input_dim",
+         f"must be >= {2 ** (f.conv_layers + 1) - 1} for the {f.conv_layers}-layer conv2d front end")
     need(0.0 <= f.dropout < 1.0, "frontend.dropout", "must be in [0, 1)")
     m = cfg.masking
     need(0.0 <= m.prob <= 1.0, "masking.prob", "must be in [0, 1]")

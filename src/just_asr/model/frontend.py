@@ -2,11 +2,13 @@
 
 Two front ends:
 
-* ``ConvSubsampling`` (``kind="conv2d"``): two ``Conv2d(kernel 3, stride 2, no padding)`` + ReLU
-  layers over (time, frequency), 4x time subsampling (10 ms -> 40 ms), then a linear projection of
-  ``channels * F''`` to ``d_model``. Output length (exact, per layer ``floor((n - 3) / 2) + 1``)::
+* ``ConvSubsampling`` (``kind="conv2d"``): ``conv_layers`` (2 or 3) ``Conv2d(kernel 3, stride 2,
+  no padding)`` + ReLU layers over (time, frequency), 4x or 8x time subsampling (10 ms -> 40 or
+  80 ms), then a linear projection of ``channels * F'`` to ``d_model``. Output length (exact, per
+  layer ``floor((n - 3) / 2) + 1 = (n - 1) // 2``)::
 
-      T' = ((T - 1) // 2 - 1) // 2          (needs T >= 7 for T' >= 1)
+      T' = ((T - 1) // 2 - 1) // 2                 2 layers (needs T >= 7 for T' >= 1)
+      T' = (((T - 1) // 2 - 1) // 2 - 1) // 2      3 layers (needs T >= 15)
 
   Without padding, each valid output frame only sees valid input frames, so padding never leaks.
 * ``StackedProjection`` (``kind="stack"``): stack ``k`` consecutive frames (80-d -> 160-d at
@@ -107,31 +109,46 @@ def _check_input(features: Tensor, lengths: Tensor, input_dim: int) -> None:
 
 
 class ConvSubsampling(nn.Module):
-    """Two stride-2 3x3 Conv2d + ReLU layers and a projection (4x time subsampling).
+    """``num_layers`` stride-2 3x3 Conv2d + ReLU layers and a projection (``2**num_layers`` x time
+    subsampling).
 
     Args:
         input_dim: fbank bins F.
-        channels: output channels of both conv layers.
+        channels: output channels of every conv layer.
         d_model: output width.
         dropout: dropout on the output.
+        num_layers: conv layers: 2 (4x, 40 ms frames) or 3 (8x, 80 ms frames; the encoder then runs
+            on half as many frames, about half the cost per audio-second for small models).
     """
 
-    min_input_frames = 7
-    subsampling = 4
-
-    def __init__(self, input_dim: int, channels: int, d_model: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_dim: int, channels: int, d_model: int, dropout: float = 0.0, num_layers: int = 2
+    ) -> None:
         super().__init__()
+        if num_layers not in (2, 3):
+            raise ValueError(f"ConvSubsampling: num_layers must be 2 or 3, got {num_layers}")
         self.input_dim = input_dim
+        self.num_layers = num_layers
+        self.subsampling = 2**num_layers
+        self.min_input_frames = 2 ** (num_layers + 1) - 1  # 7 for 2 layers, 15 for 3
         self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
-        self.freq_out = ((input_dim - 1) // 2 - 1) // 2
+        self.conv3 = nn.Conv2d(channels, channels, kernel_size=3, stride=2) if num_layers == 3 else None
+        freq = input_dim
+        for _ in range(num_layers):
+            freq = (freq - 1) // 2
+        if freq < 1:
+            raise ValueError(f"ConvSubsampling: {input_dim} bins are too few for {num_layers} conv layers")
+        self.freq_out = freq
         self.proj = nn.Linear(channels * self.freq_out, d_model)
         self.dropout = Dropout(dropout)
 
-    @staticmethod
-    def output_lengths(lengths: Tensor) -> Tensor:
-        """``T' = ((T - 1) // 2 - 1) // 2`` for ``lengths: (B,)`` (clamped at 0)."""
-        return (((lengths - 1) // 2 - 1) // 2).clamp(min=0)
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """``T' = (T - 1) // 2`` applied once per conv layer, for ``lengths: (B,)`` (clamped at 0)."""
+        out = lengths
+        for _ in range(self.num_layers):
+            out = ((out - 1) // 2).clamp(min=0)
+        return out
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``features: (B, T, F)``, ``lengths: (B,)`` -> ``(latent (B, T', d_model), lengths' (B,))``.
@@ -141,11 +158,13 @@ class ConvSubsampling(nn.Module):
         _check_input(features, lengths, self.input_dim)
         if lengths.numel() and int(lengths.min()) < self.min_input_frames:
             raise ValueError(
-                f"an utterance has {int(lengths.min())} frames; the conv2d front end needs at least "
-                f"{self.min_input_frames} (filter short cuts out in the data pipeline)"
+                f"an utterance has {int(lengths.min())} frames; the {self.num_layers}-layer conv2d front end "
+                f"needs at least {self.min_input_frames} (filter short cuts out in the data pipeline)"
             )
         x = torch.relu(self.conv1(features.unsqueeze(1)))  # (B, C, T1, F1)
         x = torch.relu(self.conv2(x))  # (B, C, T2, F2)
+        if self.conv3 is not None:
+            x = torch.relu(self.conv3(x))  # (B, C, T3, F3)
         b, c, t, f = x.shape
         x = self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
         out_lens = self.output_lengths(lengths)
@@ -203,7 +222,7 @@ class StackedProjection(nn.Module):
 def build_frontend(cfg: FrontendConfig, d_model: int) -> ConvSubsampling | StackedProjection:
     """Front end named by ``cfg.kind``."""
     if cfg.kind == "conv2d":
-        return ConvSubsampling(cfg.input_dim, cfg.conv_channels, d_model, cfg.dropout)
+        return ConvSubsampling(cfg.input_dim, cfg.conv_channels, d_model, cfg.dropout, cfg.conv_layers)
     if cfg.kind == "stack":
         return StackedProjection(cfg.input_dim, cfg.stack_frames, d_model, cfg.dropout, cfg.layer_norm_eps)
     raise ValueError(f"unknown frontend kind {cfg.kind!r}; choose 'conv2d' or 'stack'")
