@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus, manifests = work / "corpus", work / "manifests"
     tok_dir, cmvn = work / "tokenizer", work / "cmvn.json"
     exp, model_dir = work / "exp", work / "model"
+    training_outputs = (exp, work / "models", model_dir, work / "decode", work / "dev")
     if args.fresh:
-        for p in (exp, work / "models", model_dir, work / "decode", work / "dev"):
+        for p in training_outputs:
             shutil.rmtree(p, ignore_errors=True)
     st = Stages()
     t_start = time.perf_counter()
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         st.run("train-tokenizer", ["train-tokenizer", *train_cuts, "--vocab-size", str(TOKENIZER_VOCAB),
                                    "--out", str(tok_dir)])
         (tok_dir / ".complete.json").write_text(json.dumps(key_t))
-        for p in (exp, work / "models", model_dir, work / "decode", work / "dev"):  # trained on the old units
+        for p in training_outputs:  # trained on the old units
             shutil.rmtree(p, ignore_errors=True)
     if cmvn.is_file():
         st.skip("compute-cmvn", f"{cmvn} exists")

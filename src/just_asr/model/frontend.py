@@ -108,6 +108,14 @@ def _check_input(features: Tensor, lengths: Tensor, input_dim: int) -> None:
         raise ValueError(f"feature_lens max {int(lengths.max())} exceeds padded length {features.size(1)}")
 
 
+def _conv_out(n, num_layers: int):
+    """Length after ``num_layers`` unpadded kernel-3 stride-2 convs: ``n -> (n - 1) // 2`` each time
+    (``n`` an int or a tensor; may go below 1 for too-short inputs)."""
+    for _ in range(num_layers):
+        n = (n - 1) // 2
+    return n
+
+
 class ConvSubsampling(nn.Module):
     """``num_layers`` stride-2 3x3 Conv2d + ReLU layers and a projection (``2**num_layers`` x time
     subsampling).
@@ -134,9 +142,7 @@ class ConvSubsampling(nn.Module):
         self.conv1 = nn.Conv2d(1, channels, kernel_size=3, stride=2)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, stride=2)
         self.conv3 = nn.Conv2d(channels, channels, kernel_size=3, stride=2) if num_layers == 3 else None
-        freq = input_dim
-        for _ in range(num_layers):
-            freq = (freq - 1) // 2
+        freq = _conv_out(input_dim, num_layers)
         if freq < 1:
             raise ValueError(f"ConvSubsampling: {input_dim} bins are too few for {num_layers} conv layers")
         self.freq_out = freq
@@ -145,10 +151,7 @@ class ConvSubsampling(nn.Module):
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """``T' = (T - 1) // 2`` applied once per conv layer, for ``lengths: (B,)`` (clamped at 0)."""
-        out = lengths
-        for _ in range(self.num_layers):
-            out = ((out - 1) // 2).clamp(min=0)
-        return out
+        return _conv_out(lengths, self.num_layers).clamp(min=0)
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``features: (B, T, F)``, ``lengths: (B,)`` -> ``(latent (B, T', d_model), lengths' (B,))``.
