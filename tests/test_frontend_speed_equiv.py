@@ -83,6 +83,33 @@ def test_conv_module_matches_under_bf16_autocast() -> None:
     assert float(err) < 2e-2
 
 
+_TWO_THREAD_BF16 = """
+import torch
+from just_asr.model.conformer import ConvModule
+torch.set_num_threads(2)
+torch.manual_seed(0)
+m = ConvModule(144, 15, dropout=0.0)
+x = torch.randn(15, 38, 144, requires_grad=True)
+valid = torch.ones(15, 38, dtype=torch.bool)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    y = m(x, valid)
+y.float().sum().backward()
+print("ok", float(x.grad.abs().sum()) > 0)
+"""
+
+
+def test_conv_module_bf16_two_threads_returns() -> None:
+    """Regression: oneDNN's bf16 depthwise conv2d on the channels-last view never returned with two
+    threads at this shape (B=15, T=38, d=144, kernel 15), which hung any multi-threaded bf16 CPU
+    training. Run in a child process so a hang fails the test instead of the suite."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _TWO_THREAD_BF16], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["ok", "True"]
+
+
 def test_conv_module_padding_does_not_leak() -> None:
     """An utterance's outputs in a padded batch equal its outputs alone (eval, layer norm)."""
     torch.manual_seed(3)

@@ -230,7 +230,8 @@ class ConvModule(nn.Module):
         ``(out, in, 1)`` kernels viewed as ``(out, in)``, and the depthwise convolution is a grouped
         ``conv2d`` over the ``(B, d, 1, T)`` channels-last view of the ``(B, T, d)`` tensor, which
         oneDNN runs without reordering (forward + backward 2.3x faster than ``conv1d`` on a padded
-        ``(B, d, T)`` copy in float32, 1.25x in bf16; see ``BENCHMARKS.md``, training throughput).
+        ``(B, d, T)`` copy in float32; see ``BENCHMARKS.md``, training throughput). In bf16 on CPU
+        it runs on a contiguous copy instead: see :func:`_channels_last_depthwise_ok`.
         """
         d = x.size(-1)
         y = self.layer_norm(x)  # (B, T, d)
@@ -242,8 +243,11 @@ class ConvModule(nn.Module):
             pad = 0
         else:
             pad = (self.kernel_size - 1) // 2
+        y = y.transpose(1, 2).unsqueeze(2)  # (B, d, 1, T_pad), channels-last strides
+        if not _channels_last_depthwise_ok(y):
+            y = y.contiguous()
         y = F.conv2d(
-            y.transpose(1, 2).unsqueeze(2),  # (B, d, 1, T_pad), channels-last strides
+            y,
             self.depthwise_conv.weight.unsqueeze(2),  # (d, 1, 1, kernel)
             self.depthwise_conv.bias, padding=(0, pad), groups=d,
         ).squeeze(2).transpose(1, 2)  # (B, T, d)
@@ -253,6 +257,19 @@ class ConvModule(nn.Module):
             y = self.depthwise_batch_norm(y.transpose(1, 2), valid).transpose(1, 2)
         y = F.linear(self.activation(y), self.pointwise_conv2.weight.squeeze(-1), self.pointwise_conv2.bias)
         return self.dropout(y)
+
+
+def _channels_last_depthwise_ok(y: Tensor) -> bool:
+    """Whether the depthwise conv may run on the channels-last view (no copy).
+
+    On CPU it may only in float32: oneDNN's bf16 grouped conv2d on channels-last input never returns
+    with more than one thread at some shapes (torch 2.13: B=15, T=38, d=144, kernel 15, 2 threads
+    spins forever; any even T did at B=15), and autocast casts to bf16 keeping the strides. CUDA
+    takes either layout.
+    """
+    if y.is_cuda:
+        return True
+    return y.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
 class ConformerBlock(nn.Module):
