@@ -61,7 +61,7 @@ what a training step consumes (the ``x real time`` figure above).
 under another package name, reading the presets of ``DIR/../configs`` when present) and the
 candidate from this checkout (or ``--candidate-src``), with the same seed and batch, and alternates
 their steps: median wall and CPU ms per step and the speed-up. ``--compare-adamw`` does the same for
-the project's AdamW against torch's fused CPU AdamW.
+torch's per-parameter for-loop AdamW against the project's (fused) one.
 
 On a shared machine only ratios within one run are solid; report medians of several repeats.
 """
@@ -170,8 +170,8 @@ def import_package_copy(src_dir: str, name: str = "just_asr_before"):
 
 
 def build(preset: str, rnnt: str, objective: str, seed: int = 0, adamw: str = "default", model_pkg=None):
-    """``(model, optimizer, cfg)`` for one config; the model is in train mode. ``adamw="fused"``
-    swaps the project's AdamW for ``torch.optim.AdamW(fused=True)`` on the same parameter groups.
+    """``(model, optimizer, cfg)`` for one config; the model is in train mode. ``adamw``: ``default``
+    (``build_optimizer``'s choice: fused on CPU), ``fused`` or ``for-loop`` (forced).
     ``model_pkg``: a ``just_asr.model`` package to build from (default: this checkout's)."""
     import importlib
 
@@ -195,10 +195,8 @@ def build(preset: str, rnnt: str, objective: str, seed: int = 0, adamw: str = "d
     model.train()
     model.set_step(10**9)  # past the pruned loss's warm-up
     groups = param_groups(model, 1e-4, None, 1e-3)
-    if adamw == "fused":
-        opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=1e-3, fused=True)
-    else:
-        opt = build_optimizer(groups, "adamw", lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=1e-3)
+    fused = {"default": None, "fused": True, "for-loop": False}[adamw]
+    opt = build_optimizer(groups, "adamw", lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=1e-3, fused=fused)
     return model, opt, cfg
 
 
@@ -394,7 +392,7 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
         print(f"baseline: {labels[0]} ({Path(old_pkg.__file__).parent}); candidate: {labels[1]}")
     else:
         old_pkg = None
-        labels = ("project AdamW", "torch fused AdamW")
+        labels = ("for-loop AdamW", "project AdamW (fused)")
     print()
     print(f"| preset | precision | RNN-T | objective | {labels[0]}: ms/step (CPU ms) | {labels[1]}: ms/step (CPU ms) "
           "| speed-up (wall) | speed-up (CPU) | x real time after | repeats |")
@@ -406,7 +404,7 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
             pair = [build(preset, rnnt, objective, adamw=args.adamw, model_pkg=old_pkg),
                     build(preset, rnnt, objective, adamw=args.adamw, model_pkg=new_pkg)]
         else:
-            pair = [build(preset, rnnt, objective, adamw="default"), build(preset, rnnt, objective, adamw="fused")]
+            pair = [build(preset, rnnt, objective, adamw="for-loop"), build(preset, rnnt, objective, adamw="default")]
         for model, opt, _ in pair:
             for _ in range(args.warmup):
                 train_step(model, opt, batch, precision)
@@ -461,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--roof-size", type=int, default=1024)
     p.add_argument("--profile", action="store_true", help="print the top ops and per-part shares per config")
     p.add_argument("--top", type=int, default=20)
-    p.add_argument("--adamw", choices=("default", "fused"), default="default",
-                   help="AdamW implementation: the project's (default) or torch's fused CPU kernel (what-if)")
+    p.add_argument("--adamw", choices=("default", "fused", "for-loop"), default="default",
+                   help="AdamW implementation: the project's default (fused on CPU/CUDA), forced fused, or "
+                   "torch's per-parameter for-loop (what build_optimizer gave before 2026-11-24's change)")
     p.add_argument("--src", default=None, metavar="DIR",
                    help="import just_asr from DIR instead of this checkout's src/ (before/after runs: "
                         "git archive COMMIT src configs | tar -x -C /tmp/before; --src /tmp/before/src)")
@@ -474,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidate-src", default=None, metavar="DIR",
                    help="with --compare-src: the candidate model from DIR/just_asr instead of this checkout")
     p.add_argument("--compare-adamw", action="store_true",
-                   help="before/after in one process: the project's AdamW against torch's fused AdamW")
+                   help="before/after in one process: the for-loop AdamW against the project's (fused)")
     p.add_argument("--loader", default=None, metavar="MANIFEST_DIR", help="time the data loader instead")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--cmvn", default=None)

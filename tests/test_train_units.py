@@ -183,3 +183,43 @@ def test_constant_schedule_warms_up_then_holds() -> None:
 
     with pytest.raises(ValueError, match="lr_schedule"):
         build_noam_scheduler(opt, 4, "cosine")
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_to_zero() -> None:
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_noam_scheduler(opt, 2, "wsd", total_steps=10, decay_fraction=0.4)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up 1/2, 2/2; held through optimiser step 6; then 4 steps down to 0 at step 10 and after
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+    with pytest.raises(ValueError, match="max_steps"):
+        build_noam_scheduler(opt, 2, "wsd")
+    with pytest.raises(ValueError, match="lr_decay_fraction"):
+        build_noam_scheduler(opt, 2, "wsd", total_steps=10, decay_fraction=0.0)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_optimizer_is_the_default_on_cpu_and_updates_like_the_for_loop(name: str) -> None:
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3))
+    b = nn.Sequential(nn.Linear(5, 7), nn.LayerNorm(7), nn.Linear(7, 3))
+    b.load_state_dict(a.state_dict())
+    opt_a = build_optimizer(param_groups(a, 1e-2, None, 0.1), name, lr=1e-2)
+    opt_b = build_optimizer(param_groups(b, 1e-2, None, 0.1), name, lr=1e-2, fused=False)
+    assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
+    x = torch.randn(11, 5)
+    for _ in range(5):
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    # the state has the same keys: a for-loop checkpoint resumes into a fused optimiser
+    opt_c = build_optimizer(param_groups(b, 1e-2, None, 0.1), name, lr=1e-2)
+    opt_c.load_state_dict(opt_b.state_dict())
+    assert set(opt_c.state_dict()["state"][0]) == set(opt_b.state_dict()["state"][0])

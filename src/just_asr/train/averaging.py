@@ -157,14 +157,18 @@ class EMAWeights:
     def update(self, module: nn.Module) -> None:
         """Fold ``module``'s current weights into the average."""
         d = self.current_decay()
+        shadows, currents = [], []
         for k, v in module.state_dict().items():
             s = self.shadow[k]
             if torch.is_floating_point(v):
                 if s.device != v.device:
                     s = self.shadow[k] = s.to(v.device)
-                s.mul_(d).add_(v.detach().float(), alpha=1.0 - d)
+                shadows.append(s)
+                currents.append(v.detach().float())
             else:
                 s.copy_(v)
+        if shadows:  # s += (1 - d) (v - s), i.e. s = d s + (1 - d) v, in one multi-tensor op
+            torch._foreach_lerp_(shadows, currents, 1.0 - d)
         self.num_updates += 1
 
     def state_dict_for(self, module: nn.Module) -> dict[str, Tensor]:

@@ -143,8 +143,11 @@ class JustLightningModule(pl.LightningModule):
         lr: peak learning rate of the Noam schedule.
         decoder_lr: peak learning rate of the predictor and joiner (default: ``lr``).
         warmup_steps: warm-up length in optimiser steps.
-        lr_schedule: ``noam`` (linear warm-up, then ``lr * sqrt(warmup/step)``) or ``constant``
-          (linear warm-up, then ``lr`` held; for short runs such as the demo).
+        lr_schedule: ``noam`` (linear warm-up, then ``lr * sqrt(warmup/step)``), ``constant``
+          (linear warm-up, then ``lr`` held) or ``wsd`` (warm-up, ``lr`` held, then a linear decay
+          to 0 over the last ``lr_decay_fraction`` of ``trainer.max_steps``; for runs with a step
+          budget such as the demo).
+        lr_decay_fraction: the share of ``trainer.max_steps`` the ``wsd`` schedule decays over.
         betas, eps, weight_decay: optimiser settings (no decay on 1-D parameters).
         max_symbols_per_frame: greedy decoding limit for dev WER.
         seed: base of the per-step seeds.
@@ -164,6 +167,7 @@ class JustLightningModule(pl.LightningModule):
         decoder_lr: float | None = None,
         warmup_steps: int = 1000,
         lr_schedule: str = "noam",
+        lr_decay_fraction: float = 0.3,
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-9,
         weight_decay: float = 1e-3,
@@ -274,10 +278,36 @@ class JustLightningModule(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups(self.model, hp.lr, hp.decoder_lr, hp.weight_decay)
+        # the fused kernel (default on CPU/CUDA) unless a grad scaler (16-mixed) must unscale first:
+        # Lightning only clips gradients of a fused optimiser by our configure_gradient_clipping
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         opt = build_optimizer(groups, hp.optimizer, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                              weight_decay=hp.weight_decay)
-        sched = build_noam_scheduler(opt, hp.warmup_steps, hp.get("lr_schedule", "noam"))
+                              weight_decay=hp.weight_decay, fused=None if scaler is None else False)
+        schedule = hp.get("lr_schedule", "noam")
+        total = None
+        if schedule == "wsd":
+            total = self.trainer.max_steps if self._trainer is not None else -1
+            if total is None or total <= 0:
+                raise ValueError("model.lr_schedule: wsd decays to 0 at trainer.max_steps; set --trainer.max_steps")
+        sched = build_noam_scheduler(opt, hp.warmup_steps, schedule, total_steps=total,
+                                     decay_fraction=hp.get("lr_decay_fraction", 0.3))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as Lightning would. Lightning refuses to clip for a fused optimiser under its mixed
+        precision plugin, in case the optimiser unscales fp16 gradients inside ``step``; fused is only
+        chosen without a grad scaler (see ``configure_optimizers``), so the gradients are already
+        true-scale here and are clipped directly."""
+        if not gradient_clip_val or not optimizer.defaults.get("fused"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        elif gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            raise ValueError(f"unknown gradient_clip_algorithm {gradient_clip_algorithm!r}")
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:

@@ -102,14 +102,24 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-9,
     weight_decay: float = 0.0,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW over ``params`` (plain parameters or groups from :func:`param_groups`)."""
+    """Adam or AdamW over ``params`` (plain parameters or groups from :func:`param_groups`).
+
+    ``fused``: PyTorch's fused kernel (one pass over all parameters; on CPU the for-loop version,
+    which torch picks there by default, costs a few small ops per parameter tensor). ``None``
+    (default): fused when every parameter is a floating-point tensor on CPU or CUDA. Same update rule
+    either way; the optimiser state has the same keys, so checkpoints load into either.
+    """
     key = name.lower()
-    if key == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if key == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'adamw'")
+    if key not in ("adam", "adamw"):
+        raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'adamw'")
+    params = list(params)
+    if fused is None:
+        tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+        fused = bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
+    cls = torch.optim.Adam if key == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
 def warmup_constant_factor(warmup_steps: int) -> Callable[[int], float]:
@@ -124,16 +134,53 @@ def warmup_constant_factor(warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-SCHEDULES = ("noam", "constant")
+def wsd_factor(warmup_steps: int, total_steps: int, decay_fraction: float) -> Callable[[int], float]:
+    """``LambdaLR`` multiplier of the ``wsd`` schedule (warm-up, stable, decay): linear warm-up over
+    ``warmup_steps``, the peak held, then a linear decay to 0 over the last ``decay_fraction`` of
+    ``total_steps`` (0 from ``total_steps`` on). For runs with a known step budget: the decay
+    settles the weights at the end, which a constant rate never does.
+
+    >>> f = wsd_factor(warmup_steps=2, total_steps=10, decay_fraction=0.5)
+    >>> [round(f(s), 2) for s in range(11)]
+    [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if total_steps <= 0:
+        raise ValueError(f"the wsd schedule needs a positive step budget (trainer.max_steps), got {total_steps}")
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"lr_decay_fraction must be in (0, 1], got {decay_fraction}")
+    decay_len = max(1, round(decay_fraction * total_steps))
+    decay_start = total_steps - decay_len
+
+    def factor(s: int) -> float:
+        step = s + 1  # the optimiser step this rate is used for
+        ramp = 1.0 if warmup_steps == 0 else min(step / warmup_steps, 1.0)
+        if s < decay_start:
+            return ramp
+        return min(ramp, max(0.0, (total_steps - s) / decay_len))
+
+    return factor
+
+
+SCHEDULES = ("noam", "constant", "wsd")
 
 
 def build_noam_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, schedule: str = "noam"
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    schedule: str = "noam",
+    total_steps: int | None = None,
+    decay_fraction: float = 0.3,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LambdaLR`` applying the schedule to every group's own peak (its initial ``lr``):
-    ``noam`` (warm-up then ``step^-0.5`` decay) or ``constant`` (warm-up then the peak held)."""
+    ``noam`` (warm-up then ``step^-0.5`` decay), ``constant`` (warm-up then the peak held) or ``wsd``
+    (warm-up, peak, linear decay to 0 over the last ``decay_fraction`` of ``total_steps``)."""
     if schedule == "noam":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, noam_factor(warmup_steps))
     if schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_constant_factor(warmup_steps))
+    if schedule == "wsd":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, wsd_factor(warmup_steps, total_steps if total_steps is not None else -1, decay_fraction))
     raise ValueError(f"unknown lr_schedule {schedule!r}; choose from {SCHEDULES}")
