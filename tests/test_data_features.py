@@ -97,6 +97,20 @@ def test_lilcom_precomputed_features(small_cuts, tmp_path):
         cut_features(cuts[0], "precomputed")
 
 
+def test_parallel_feature_extraction_equals_serial(small_cuts, tmp_path, monkeypatch):
+    """The worker pool (used when each worker gets enough cuts) stores the same matrices in the same
+    order as in-process extraction."""
+    import just_asr.data.features as features
+
+    _, _, cuts = small_cuts
+    serial = compute_and_store_features(cuts, tmp_path / "serial", jobs=2)  # too few cuts: in-process
+    monkeypatch.setattr(features, "_CUTS_PER_WORKER", 1)
+    pooled = compute_and_store_features(cuts, tmp_path / "pooled", jobs=2)
+    assert [c.id for c in pooled] == [c.id for c in serial] == [c.id for c in cuts]
+    for a, b in zip(serial, pooled):
+        assert torch.equal(cut_features(a, "precomputed"), cut_features(b, "precomputed"))
+
+
 def test_prepare_mls_with_precomputed_features(tmp_path):
     spec = write_mls_corpus(tmp_path / "corpus", langs=("it",), splits={"train": 7, "dev": 1, "test": 1})
     prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("train",), compute_features=True, progress=False)
