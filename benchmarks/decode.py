@@ -160,8 +160,10 @@ def run_trained(
     max_duration: float = 200.0,
     max_symbols_per_frame: int = DEFAULT_MAX_SYMBOLS_PER_FRAME,
     device: str = "cpu",
+    length_norm: bool = False,
 ) -> TrainedBenchmark:
-    """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``.
+    """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``
+    (``length_norm``: beam searches rank by score per unit, as ``just-asr decode --length-norm``).
 
     Raises ``ValueError`` (naming the file) for a missing or unreadable manifest or model
     directory, and when no utterance could be featurised.
@@ -238,7 +240,8 @@ def run_trained(
             out: dict[str, list[int]] = {}
             for b, (enc, enc_lens) in zip(batches, encoded, strict=True):
                 r = decode(model.predictor, model.joiner, enc, enc_lens, blank_id=blank, method=method,
-                           beam=max(beam, 1), max_symbols_per_frame=max_symbols_per_frame)
+                           beam=max(beam, 1), max_symbols_per_frame=max_symbols_per_frame,
+                           length_norm=length_norm and beam > 0)
                 for cut_id, toks in zip(b.cut_ids, r.tokens, strict=True):
                     out[cut_id] = list(toks)
             return out
@@ -379,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "barely depend on the frame; scaling this makes blank/non-blank vary from frame to frame)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure (default: 3)")
+    p.add_argument("--length-norm", action="store_true",
+                   help="trained-model mode: beam searches rank by score per unit (as the demo decodes)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="random-model mode")
     args = p.parse_args(argv)
@@ -407,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = run_trained(
             args.model, args.cuts, beams=beams, repeats=args.repeats, max_utts_per_lang=args.max_utts_per_lang,
             max_duration=args.max_duration, device=args.device,
-            max_symbols_per_frame=args.max_symbols_per_frame,
+            max_symbols_per_frame=args.max_symbols_per_frame, length_norm=args.length_norm,
         )
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)

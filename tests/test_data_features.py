@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,16 @@ def test_parallel_feature_extraction_equals_serial(small_cuts, tmp_path, monkeyp
     assert [c.id for c in pooled] == [c.id for c in serial] == [c.id for c in cuts]
     for a, b in zip(serial, pooled):
         assert torch.equal(cut_features(a, "precomputed"), cut_features(b, "precomputed"))
+
+
+def test_stored_features_resolve_from_any_directory(small_cuts, tmp_path, monkeypatch):
+    """Features computed under a relative path are found after a change of directory."""
+    _, _, cuts = small_cuts
+    monkeypatch.chdir(tmp_path)
+    stored = compute_and_store_features(cuts, "rel/feats", jobs=1)
+    assert Path(stored[0].features.storage_path).is_absolute()
+    monkeypatch.chdir("/")
+    assert cut_features(stored[0], "precomputed").shape[1] == 80
 
 
 def test_prepare_mls_with_precomputed_features(tmp_path):

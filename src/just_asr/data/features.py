@@ -221,7 +221,9 @@ def compute_and_store_features(
     from just_asr.data.errors import ErrorCollector
 
     errors = errors if errors is not None else ErrorCollector()
-    storage_path = Path(storage_path)
+    # absolute, like the recordings' paths in the same manifests: a relative one would only resolve
+    # from the directory the features were computed in
+    storage_path = Path(storage_path).absolute()
     storage_path.parent.mkdir(parents=True, exist_ok=True)
     cut_list = list(cuts)
     # a worker process costs about a second to start (it imports torch and lhotse), as much as
