@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 #: the corpus: MLS's imbalance over 8 languages above a floor of 1000 train utterances per language
 #: (English ~4500), short utterances, a 100-word Zipfian list per language. The floor is what lets a
 #: 10-minute run learn the small languages: with 250 utterances dev WER stayed near 66%, with 600
-#: or 1000 it reached 45-47% (docs/training.md, "Later probes")
+#: or 1000 it reached 45-47% (docs/training.md, "Session-4 probes")
 CORPUS_ARGS = [
     "--hours", "1.5", "--imbalance", "mls", "--min-utts-per-lang", "1000", "--min-eval-utts", "25",
     "--dev-minutes", "0", "--test-minutes", "0", "--words", "2,5", "--vocab-size", "100",
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="override the training steps of configs/demo.yaml")
     parser.add_argument("--jobs", type=int, default=None, help="processes for corpus synthesis (default: all cores)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads of this process (default: all cores; the features are precomputed, "
+                        help="torch threads of this process (default: the CPUs this process may use; the features are precomputed, "
                         "so the data worker needs little CPU)")
     parser.add_argument("fit_args", nargs="*", help="extra 'just-asr fit' arguments (after --), e.g. --model.lr 1e-3")
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(max(1, args.threads or os.cpu_count() or 1))
+    torch.set_num_threads(max(1, args.threads or len(os.sched_getaffinity(0))))
     os.chdir(ROOT)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

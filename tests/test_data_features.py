@@ -105,7 +105,7 @@ def test_parallel_feature_extraction_equals_serial(small_cuts, tmp_path, monkeyp
 
     _, _, cuts = small_cuts
     serial = compute_and_store_features(cuts, tmp_path / "serial", jobs=2)  # too few cuts: in-process
-    monkeypatch.setattr(features, "_CUTS_PER_WORKER", 1)
+    monkeypatch.setattr(features, "_AUDIO_SECONDS_PER_WORKER", 0.1)
     pooled = compute_and_store_features(cuts, tmp_path / "pooled", jobs=2)
     assert [c.id for c in pooled] == [c.id for c in serial] == [c.id for c in cuts]
     for a, b in zip(serial, pooled):

@@ -193,7 +193,7 @@ def _extract_for_cut(cut: "Cut") -> tuple[str, np.ndarray | None, tuple[str | No
         return cut.id, None, (exc.path, exc.problem)
 
 
-_CUTS_PER_WORKER = 1000
+_AUDIO_SECONDS_PER_WORKER = 1200.0
 
 
 def _one_torch_thread() -> None:
@@ -227,8 +227,9 @@ def compute_and_store_features(
     storage_path.parent.mkdir(parents=True, exist_ok=True)
     cut_list = list(cuts)
     # a worker process costs about a second to start (it imports torch and lhotse), as much as
-    # extracting several hundred short cuts: only split work that keeps each worker busy for longer
-    jobs = max(1, min(jobs, len(cut_list) // _CUTS_PER_WORKER))
+    # extracting ~10 minutes of audio: only split work that keeps each worker busy for much longer
+    audio_seconds = sum(c.duration for c in cut_list)
+    jobs = max(1, min(jobs, int(audio_seconds // _AUDIO_SECONDS_PER_WORKER)))
     out = []
     threads = torch.get_num_threads()
     with LilcomChunkyWriter(storage_path) as writer:

@@ -145,7 +145,7 @@ class NonFiniteGuard(pl.Callback):
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads:
-            norms = torch.stack([n.float() for n in torch._foreach_norm([g.detach() for g in grads])])
+            norms = torch.stack(torch._foreach_norm([g.detach() for g in grads], 2, dtype=torch.float32))
             total = torch.linalg.vector_norm(norms)
             grads_finite = bool(torch.isfinite(total))
         else:

@@ -301,13 +301,14 @@ class JustLightningModule(pl.LightningModule):
         if not gradient_clip_val or not optimizer.defaults.get("fused"):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-        elif gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        plugin = self.trainer.precision_plugin  # its by-norm / by-value clipping, minus the fused refusal
+        algorithm = "norm" if gradient_clip_algorithm is None else str(gradient_clip_algorithm).lower()
+        if algorithm == "norm":
+            plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
+        elif algorithm == "value":
+            plugin.clip_grad_by_value(optimizer, gradient_clip_val)
         else:
-            raise ValueError(f"unknown gradient_clip_algorithm {gradient_clip_algorithm!r}")
+            raise ValueError(f"unknown gradient_clip_algorithm {gradient_clip_algorithm!r}; use 'norm' or 'value'")
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:

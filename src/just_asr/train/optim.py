@@ -114,12 +114,25 @@ def build_optimizer(
     key = name.lower()
     if key not in ("adam", "adamw"):
         raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'adamw'")
-    params = list(params)
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    # materialise every group's parameters once (a generator would be used up by the check below)
+    params = [{**g, "params": [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])}
+              if isinstance(g, dict) else g for g in params]
     if fused is None:
         tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
         fused = bool(tensors) and all(t.is_floating_point() and t.device.type in ("cpu", "cuda") for t in tensors)
     cls = torch.optim.Adam if key == "adam" else torch.optim.AdamW
-    return cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+    opt = cls(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+
+    def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
+        # load_state_dict restores each group's saved "fused" flag: keep the one chosen here, so a
+        # checkpoint from a for-loop optimiser resumes fused (and the other way round)
+        for group in optimizer.param_groups:
+            group["fused"] = fused
+
+    opt.register_load_state_dict_post_hook(keep_implementation)
+    return opt
 
 
 def warmup_constant_factor(warmup_steps: int) -> Callable[[int], float]:
