@@ -213,24 +213,25 @@ def test_fused_optimizer_is_the_default_on_cpu_and_updates_like_the_for_loop(nam
     opt_b = build_optimizer(param_groups(b, 1e-2, None, 0.1), name, lr=1e-2, fused=False)
     assert opt_a.defaults["fused"] is True and not opt_b.defaults["fused"]
     x = torch.randn(11, 5)
-    for _ in range(5):
-        for m, o in ((a, opt_a), (b, opt_b)):
-            o.zero_grad()
-            m(x).pow(2).sum().backward()
-            o.step()
-    for pa, pb in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+    def step_both_and_compare(pairs, steps: int) -> None:
+        """Train each (model, optimiser) on ``x`` for ``steps`` steps; the models must stay equal."""
+        for _ in range(steps):
+            for m, o in pairs:
+                o.zero_grad()
+                m(x).pow(2).sum().backward()
+                o.step()
+        (m0, _), (m1, _) = pairs
+        for p0, p1 in zip(m0.parameters(), m1.parameters()):
+            torch.testing.assert_close(p1, p0, rtol=1e-5, atol=1e-6)
+
+    step_both_and_compare(((a, opt_a), (b, opt_b)), 5)
     # a for-loop checkpoint resumes into a fused optimiser that stays fused and steps like the for-loop
     c = copy.deepcopy(b)
     opt_c = build_optimizer(param_groups(c, 1e-2, None, 0.1), name, lr=1e-2)
     opt_c.load_state_dict(copy.deepcopy(opt_b.state_dict()))  # as from a checkpoint file: no shared tensors
     assert all(g["fused"] is True for g in opt_c.param_groups)
-    for m, o in ((b, opt_b), (c, opt_c)):
-        o.zero_grad()
-        m(x).pow(2).sum().backward()
-        o.step()
-    for pb, pc in zip(b.parameters(), c.parameters()):
-        torch.testing.assert_close(pc, pb, rtol=1e-5, atol=1e-6)
+    step_both_and_compare(((b, opt_b), (c, opt_c)), 1)
     # groups given as generators keep their parameters
     gen = build_optimizer([{"params": a.parameters()}], name, lr=1e-2)
     assert len(gen.param_groups[0]["params"]) == len(list(a.parameters()))

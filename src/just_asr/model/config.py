@@ -410,8 +410,9 @@ def validate_config(cfg: ModelConfig, source: str = "model config", lines: dict[
     need(f.conv_channels > 0, "frontend.conv_channels", "must be positive")
     need(f.stack_frames >= 1, "frontend.stack_frames", "must be >= 1")
     need(f.conv_layers in (2, 3), "frontend.conv_layers", "must be 2 (4x subsampling) or 3 (8x)")
-    need(f.kind != "conv2d" or f.input_dim >= 2 ** (f.conv_layers + 1) - 1, "frontend.input_dim",
-         f"must be >= {2 ** (f.conv_layers + 1) - 1} for the {f.conv_layers}-layer conv2d front end")
+    min_bins = 2 ** (f.conv_layers + 1) - 1  # ConvSubsampling.min_input_frames (config must not import model)
+    need(f.kind != "conv2d" or f.input_dim >= min_bins, "frontend.input_dim",
+         f"must be >= {min_bins} for the {f.conv_layers}-layer conv2d front end")
     need(0.0 <= f.dropout < 1.0, "frontend.dropout", "must be in [0, 1)")
     m = cfg.masking
     need(0.0 <= m.prob <= 1.0, "masking.prob", "must be in [0, 1]")

@@ -287,7 +287,7 @@ class JustLightningModule(pl.LightningModule):
         total = None
         if schedule == "wsd":
             total = self.trainer.max_steps if self._trainer is not None else -1
-            if total is None or total <= 0:
+            if total <= 0:
                 raise ValueError("model.lr_schedule: wsd decays to 0 at trainer.max_steps; set --trainer.max_steps")
         sched = build_noam_scheduler(opt, hp.warmup_steps, schedule, total_steps=total,
                                      decay_fraction=hp.get("lr_decay_fraction", 0.3))
