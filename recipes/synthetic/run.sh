@@ -60,38 +60,61 @@ just_asr=${JUST_ASR:-.venv/bin/just-asr}
 WORK=${WORK:-exp/synthetic}
 SEED=${SEED:-0}
 LANGS=${LANGS:-"en de nl fr es it pt pl"}      # ISO codes, space separated (MLS order)
-# corpus: MLS's train-hour shares over CORPUS_HOURS hours. 12 h gives en ~10.6 h, de ~28 min, nl ~22,
-# fr ~15, es ~13, it ~3.5 min; pt (2.3 min) and pl (1.5 min) are lifted to the floor of MIN_UTTS
-# utterances (about 3 min each at 4-10 words per utterance): en has roughly 200x Polish's audio (MLS: 431x).
-CORPUS_HOURS=${CORPUS_HOURS:-12}
-MIN_UTTS=${MIN_UTTS:-80}                       # train utterances floor per language
+# corpus: MLS's train-hour shares over CORPUS_HOURS hours. 10 h gives en ~8.8 h (~30,000 utterances),
+# de ~23 min, nl ~18, fr ~13, es ~11; it (2.9 min by MLS's share), pt (1.9) and pl (1.2) are lifted to
+# the floor of MIN_UTTS utterances (~8.5 min each at ~1 s per utterance): en has ~60x Polish's audio
+# (MLS: 431x). Short utterances from a 100-word list per language: the demo's probes (docs/training.md)
+# found ~250 utterances per language too few for the tiny model to learn at all in a short run, 600
+# enough; 500 makes pt and pl low-resource but learnable.
+CORPUS_HOURS=${CORPUS_HOURS:-10}
+MIN_UTTS=${MIN_UTTS:-500}                      # train utterances floor per language
 EVAL_MINUTES=${EVAL_MINUTES:-3}                # dev and test minutes per language (balanced, as MLS's)
 MIN_EVAL_UTTS=${MIN_EVAL_UTTS:-40}
-WORDS=${WORDS:-4,10}                           # words per utterance
-WORD_VOCAB=${WORD_VOCAB:-1000}                 # words in each language's vocabulary
-SPEAKERS=${SPEAKERS:-12,4,4}                   # speakers per language in train, dev, test
-TOKENIZER_VOCAB=${TOKENIZER_VOCAB:-256}
+WORDS=${WORDS:-2,5}                            # words per utterance
+WORD_VOCAB=${WORD_VOCAB:-100}                  # words in each language's vocabulary
+SPEAKERS=${SPEAKERS:-8,3,3}                    # speakers per language in train, dev, test
+TOKENIZER_VOCAB=${TOKENIZER_VOCAB:-128}
 MODEL_PRESET=${MODEL_PRESET:-configs/model/tiny.yaml}
 MINI_CONF=${MINI_CONF:-recipes/synthetic/conf/miniature.yaml}
 # the budget
-BUDGET_STEPS=${BUDGET_STEPS:-800}
-BUDGET_MINUTES=${BUDGET_MINUTES:-20}
+BUDGET_STEPS=${BUDGET_STEPS:-1800}
+BUDGET_MINUTES=${BUDGET_MINUTES:-30}
 MAX_DURATION=${MAX_DURATION:-20}
 PRETRAIN_PERCENT=${PRETRAIN_PERCENT:-50}
-WARMUP_PERCENT=${WARMUP_PERCENT:-10}           # Noam warm-up as a share of each stage's steps
+WARMUP_PERCENT=${WARMUP_PERCENT:-5}            # warm-up as a share of each stage's steps (then hold, then decay)
 VAL_CHECKS=${VAL_CHECKS:-4}                    # in-training dev validations per stage
-# optimisation (Noam peak rates): from-scratch runs use LR (configs/demo.yaml's tiny-model rate);
-# fine-tuning runs FT_LR on the pretrained encoder and FT_DECODER_LR on the fresh predictor and joiner
-# (the regime presets' 5e-4 / 2e-3 with 5000 warm-up steps are sized for long runs)
+# optimisation (peak rates of the wsd schedule: warm-up, hold, linear decay to 0 over the last 30% of
+# each stage): from-scratch runs use LR (configs/demo.yaml's tiny-model rate); fine-tuning runs FT_LR on
+# the pretrained encoder and FT_DECODER_LR on the fresh predictor and joiner
 LR=${LR:-1e-3}
 FT_LR=${FT_LR:-5e-4}
 FT_DECODER_LR=${FT_DECODER_LR:-1e-3}
-MASK_PROB=${MASK_PROB:-0.065}                  # w2v-BERT's span-start probability (~49% of frames masked)
-BETAS=${BETAS:-"0.01 0.05 0.2"}                # JUST's beta sweep (chosen on dev, never on test)
+# every run that trains the RNN-T (systems 1, 2, 4 and the fine-tuning of 3 and 5) adds the same
+# auxiliary CTC loss on the encoder and ramps the RNN-T weight up over RNNT_RAMP_PERCENT of its steps,
+# as configs/demo.yaml (they leave the blank plateau far sooner); pretraining has no text, so neither
+CTC=${CTC:-0.5}
+RNNT_RAMP_PERCENT=${RNNT_RAMP_PERCENT:-10}
+# masking: w2v-BERT's span-start probability 0.065 (~49% of frames) for pretraining; JUST's runs use
+# MASK_PROB (0.02, ~18% of frames, as configs/demo.yaml: the masked-branch RNN-T reads the masked pass)
+PRETRAIN_MASK_PROB=${PRETRAIN_MASK_PROB:-0.065}
+MASK_PROB=${MASK_PROB:-0.02}
+# JUST from scratch: beta is 0 (the SSL branch not run) for the first SSL_START_PERCENT of the steps,
+# then rises to beta over SSL_RAMP_PERCENT (configs/demo.yaml: from step 0 it delays leaving the
+# blank plateau); JUST fine-tuning from the pretrained encoder starts with beta at once
+SSL_START_PERCENT=${SSL_START_PERCENT:-20}
+SSL_RAMP_PERCENT=${SSL_RAMP_PERCENT:-10}
+BETAS=${BETAS:-"0.02 0.05 0.2"}                # JUST's beta sweep (chosen on dev, never on test)
 PRECISION=${PRECISION:-}                       # empty: the presets' bf16-mixed; e.g. 32
 FIT_EXTRA=${FIT_EXTRA:-}                       # extra 'just-asr fit' arguments for every fit (word-split)
-THREADS=${THREADS:-1}
+NPROC=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+# LANES=2 trains in two concurrent processes of one torch thread each: the monolingual fits (stage 3)
+# in one, stages 4-8 in the other (about the same number of steps). On 2 cores that is ~1.4x the
+# throughput of one 2-thread process (benchmarks: 235 ms/step each vs 165 ms/step alone). LANES=1: one
+# fit at a time on THREADS threads. Default: 2 on a CPU-only machine with 2+ cores, else 1.
+LANES=${LANES:-auto}
+THREADS=${THREADS:-auto}                       # torch threads per training lane (auto: the cores / LANES)
 DECODE_DEVICE=${DECODE_DEVICE:-auto}           # auto: cuda when available, else cpu
+DECODE_ARGS=${DECODE_ARGS:-"--method beam --beam 4 --length-norm"}   # as make demo (5-6 points below greedy)
 SYNTH_JOBS=${SYNTH_JOBS:-2}
 
 stage=0
@@ -107,7 +130,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1
+LANE=${LANE:-}                                 # set by run.sh itself for its two training lanes
 
 die() { echo "run.sh: error: $*" >&2; exit 1; }
 is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -124,6 +147,8 @@ read -r -a betas <<< "$BETAS"
 (( ${#betas[@]} >= 1 )) || die "BETAS is empty"
 # shellcheck disable=SC2206
 fit_extra=( $FIT_EXTRA )
+# shellcheck disable=SC2206
+decode_args=( $DECODE_ARGS )
 
 corpus=$WORK/corpus
 manifests=$WORK/manifests
@@ -168,18 +193,25 @@ max_time() {  # minutes -> DD:HH:MM:SS
   printf '00:%02d:%02d:00' $(( $1 / 60 )) $(( $1 % 60 ))
 }
 
+pct() { local v=$(( $1 * $2 / 100 )); (( v >= 1 )) || v=1; printf '%s\n' "$v"; }  # STEPS PERCENT -> steps (>= 1)
+
+# rnnt_opts STEPS: the options every RNN-T-training fit of STEPS steps adds (auxiliary CTC, RNN-T ramp)
+rnnt_opts() {
+  RNNT_OPTS=(--model.arch.loss.ctc "$CTC" --model.arch.loss.rnnt_ramp_steps "$(pct "$1" "$RNNT_RAMP_PERCENT")")
+}
+
 # fit_run NAME STEPS REGIME_PRESET LR DECODER_LR [extra fit args...]: train into $WORK/exp/NAME
 fit_run() {
   local name=$1 steps=$2 regime=$3 lr=$4 dlr=$5; shift 5
   local dir=$WORK/exp/$name
-  local warm=$(( steps * WARMUP_PERCENT / 100 )); (( warm >= 1 )) || warm=1
+  local warm; warm=$(pct "$steps" "$WARMUP_PERCENT")
   local val=$(( steps / VAL_CHECKS )); (( val >= 1 )) || val=1
   local every=100; (( every <= steps )) || every=$steps
   local -a cmd=("$just_asr" fit --config "$MODEL_PRESET" --config "$regime" --config "$MINI_CONF"
     --data.manifest_dir "$manifests" --data.tokenizer "$tokenizer" --data.cmvn "$cmvn"
     --data.max_duration "$MAX_DURATION" --data.seed "$SEED" --seed_everything "$SEED" --model.seed "$SEED"
     --model.lr "$lr" --model.decoder_lr "$dlr" --model.warmup_steps "$warm"
-    --model.arch.masking.prob "$MASK_PROB"
+    --model.lr_schedule wsd --model.lr_decay_fraction 0.3
     --trainer.max_steps "$steps" --trainer.max_time "$(max_time "$BUDGET_MINUTES")"
     --trainer.val_check_interval "$val" --periodic_checkpoint.every_n_train_steps "$every"
     --trainer.default_root_dir "$dir")
@@ -228,37 +260,52 @@ decode_run() {
   local -a cuts
   mapfile -t cuts < <(manifest_list "$split" "$@")
   timed "decode-$name-$split" "$just_asr" decode --model "$model" --cuts "${cuts[@]}" --out "$out" \
-    --device "$DEVICE" --threads "$THREADS"
+    --device "$DEVICE" --threads "$decode_threads" "${decode_args[@]}"
 }
 
 DEVICE=$(decode_device)
+if [[ $LANES == auto ]]; then
+  if [[ $DEVICE == cpu ]] && (( NPROC >= 2 )); then LANES=2; else LANES=1; fi
+fi
+is_int "$LANES" && (( LANES == 1 || LANES == 2 )) || die "LANES must be 1, 2 or auto, got '$LANES'"
+if [[ $THREADS == auto ]]; then THREADS=$(( NPROC / LANES > 0 ? NPROC / LANES : 1 )); fi
+is_int "$THREADS" && (( THREADS >= 1 )) || die "THREADS must be a positive integer or auto, got '$THREADS'"
+# decoding outside the lanes (stage 9) has every core; inside a lane, the lane's threads
+if [[ -z $LANE ]]; then decode_threads=$NPROC; else decode_threads=$THREADS; fi
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1
 langs_csv=$(IFS=,; echo "${langs[*]}")
 langs_list="[${langs_csv}]"
 mini_py=recipes/synthetic/make_results.py
 
-# the settings of this run, for RESULTS.md (rewritten by every invocation)
-{
-  echo "{"
-  echo "  \"work\": \"$WORK\", \"seed\": $SEED, \"langs\": \"$LANGS\","
-  echo "  \"budget_steps\": $BUDGET_STEPS, \"budget_minutes\": $BUDGET_MINUTES, \"max_duration\": $MAX_DURATION,"
-  echo "  \"pretrain_steps\": $pre_steps, \"finetune_steps\": $ft_steps, \"pretrain_percent\": $PRETRAIN_PERCENT,"
-  echo "  \"warmup_percent\": $WARMUP_PERCENT, \"lr\": \"$LR\", \"ft_lr\": \"$FT_LR\", \"ft_decoder_lr\": \"$FT_DECODER_LR\","
-  echo "  \"mask_prob\": \"$MASK_PROB\", \"betas\": \"$BETAS\", \"precision\": \"${PRECISION:-preset (bf16-mixed)}\","
-  echo "  \"corpus_hours\": \"$CORPUS_HOURS\", \"min_utts\": $MIN_UTTS, \"eval_minutes\": \"$EVAL_MINUTES\","
-  echo "  \"min_eval_utts\": $MIN_EVAL_UTTS, \"words\": \"$WORDS\", \"word_vocab\": $WORD_VOCAB, \"speakers\": \"$SPEAKERS\","
-  echo "  \"tokenizer_vocab\": $TOKENIZER_VOCAB, \"model_preset\": \"$MODEL_PRESET\", \"fit_extra\": \"$FIT_EXTRA\","
-  echo "  \"threads\": $THREADS, \"decode_device\": \"$DEVICE\""
-  echo "}"
-} > "$WORK/settings.json"
+# the settings of this run, for RESULTS.md (rewritten by every top-level invocation; not by the lanes)
+if [[ -z $LANE ]]; then
+  {
+    echo "{"
+    echo "  \"work\": \"$WORK\", \"seed\": $SEED, \"langs\": \"$LANGS\","
+    echo "  \"budget_steps\": $BUDGET_STEPS, \"budget_minutes\": $BUDGET_MINUTES, \"max_duration\": $MAX_DURATION,"
+    echo "  \"pretrain_steps\": $pre_steps, \"finetune_steps\": $ft_steps, \"pretrain_percent\": $PRETRAIN_PERCENT,"
+    echo "  \"warmup_percent\": $WARMUP_PERCENT, \"lr_schedule\": \"wsd (decay over the last 30%)\","
+    echo "  \"lr\": \"$LR\", \"ft_lr\": \"$FT_LR\", \"ft_decoder_lr\": \"$FT_DECODER_LR\","
+    echo "  \"ctc\": \"$CTC\", \"rnnt_ramp_percent\": $RNNT_RAMP_PERCENT,"
+    echo "  \"pretrain_mask_prob\": \"$PRETRAIN_MASK_PROB\", \"mask_prob\": \"$MASK_PROB\","
+    echo "  \"ssl_start_percent\": $SSL_START_PERCENT, \"ssl_ramp_percent\": $SSL_RAMP_PERCENT,"
+    echo "  \"betas\": \"$BETAS\", \"precision\": \"${PRECISION:-preset (bf16-mixed)}\","
+    echo "  \"corpus_hours\": \"$CORPUS_HOURS\", \"min_utts\": $MIN_UTTS, \"eval_minutes\": \"$EVAL_MINUTES\","
+    echo "  \"min_eval_utts\": $MIN_EVAL_UTTS, \"words\": \"$WORDS\", \"word_vocab\": $WORD_VOCAB, \"speakers\": \"$SPEAKERS\","
+    echo "  \"tokenizer_vocab\": $TOKENIZER_VOCAB, \"model_preset\": \"$MODEL_PRESET\", \"fit_extra\": \"$FIT_EXTRA\","
+    echo "  \"lanes\": $LANES, \"threads\": $THREADS, \"decode_device\": \"$DEVICE\", \"decode_args\": \"$DECODE_ARGS\""
+    echo "}"
+  } > "$WORK/settings.json"
 
-# the machine of this invocation, appended for RESULTS.md (nproc without OMP_NUM_THREADS, which it honours)
-{
-  echo "$(date -u +%FT%TZ) stages $stage-$stop_stage: nproc $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)," \
-    "torch threads per process $THREADS, decode device $DEVICE"
-  lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)):' \
-    | sed 's/  */ /g; s/^/  /' || true
-  if command -v nvidia-smi >/dev/null; then nvidia-smi -L 2>/dev/null | sed 's/^/  /' || true; fi
-} >> "$WORK/machine.txt"
+  # the machine of this invocation, appended for RESULTS.md (nproc without OMP_NUM_THREADS, which it honours)
+  {
+    echo "$(date -u +%FT%TZ) stages $stage-$stop_stage: nproc $NPROC, $LANES training lane(s) of" \
+      "$THREADS torch thread(s) each, decode device $DEVICE"
+    lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Socket\(s\)):' \
+      | sed 's/  */ /g; s/^/  /' || true
+    if command -v nvidia-smi >/dev/null; then nvidia-smi -L 2>/dev/null | sed 's/^/  /' || true; fi
+  } >> "$WORK/machine.txt"
+fi
 
 # ----------------------------------------------------------------------------- 0: corpus
 if (( stage <= 0 && 0 <= stop_stage )); then
@@ -284,7 +331,8 @@ if (( stage <= 1 && 1 <= stop_stage )); then
     echo "=== prepare-mls: $manifests is complete"
   else
     rm -rf "$manifests"
-    timed prepare-mls "$just_asr" prepare-mls "$corpus" "$manifests" --langs "${langs[@]}" --jobs 2 --quiet
+    timed prepare-mls "$just_asr" prepare-mls "$corpus" "$manifests" --langs "${langs[@]}" --jobs "$NPROC" \
+      --compute-features --quiet
     date -u +%FT%TZ > "$manifests/.complete"
   fi
 fi
@@ -306,30 +354,66 @@ if (( stage <= 2 && 2 <= stop_stage )); then
   fi
 fi
 
+# ----------------------------------------------------------------------------- training lanes
+# LANES=2 (the top-level invocation only): stage 3 in one child run.sh, stages 4-8 in another, at once;
+# each prints its lines with a [lane] prefix and keeps its own logs; this invocation waits for both
+if [[ -z $LANE ]] && (( LANES == 2 )) && (( stage <= 8 && 3 <= stop_stage )); then
+  lane_pids=()
+  lane_names=()
+  if (( stage <= 3 )); then
+    LANE=mono LANES=$LANES THREADS=$THREADS "$0" --stage 3 --stop-stage 3 > >(sed -u 's/^/[mono] /') 2> >(sed -u 's/^/[mono] /' >&2) &
+    lane_pids+=($!); lane_names+=(mono)
+  fi
+  if (( stop_stage >= 4 )); then
+    first=$(( stage > 4 ? stage : 4 )); last=$(( stop_stage < 8 ? stop_stage : 8 ))
+    LANE=multi LANES=$LANES THREADS=$THREADS "$0" --stage "$first" --stop-stage "$last" > >(sed -u 's/^/[multi] /') 2> >(sed -u 's/^/[multi] /' >&2) &
+    lane_pids+=($!); lane_names+=(multi)
+  fi
+  lane_failed=()
+  for i in "${!lane_pids[@]}"; do
+    wait "${lane_pids[$i]}" || lane_failed+=("${lane_names[$i]}")
+  done
+  (( ${#lane_failed[@]} == 0 )) || die "training lane(s) ${lane_failed[*]} failed (see their [lane] lines and $WORK/logs)"
+  stage=9
+fi
+
 # ----------------------------------------------------------------------------- 3: system 1, monolingual
 if (( stage <= 3 && 3 <= stop_stage )); then
+  rnnt_opts "$BUDGET_STEPS"
   for l in "${langs[@]}"; do
-    fit_run "mono-$l" "$BUDGET_STEPS" configs/supervised.yaml "$LR" "$LR" --data.langs "[$l]"
+    fit_run "mono-$l" "$BUDGET_STEPS" configs/supervised.yaml "$LR" "$LR" --data.langs "[$l]" "${RNNT_OPTS[@]}"
   done
 fi
 
 # ----------------------------------------------------------------------------- 4: system 2, multilingual supervised
 if (( stage <= 4 && 4 <= stop_stage )); then
-  fit_run supervised "$BUDGET_STEPS" configs/supervised.yaml "$LR" "$LR" --data.langs "$langs_list"
+  rnnt_opts "$BUDGET_STEPS"
+  fit_run supervised "$BUDGET_STEPS" configs/supervised.yaml "$LR" "$LR" --data.langs "$langs_list" "${RNNT_OPTS[@]}"
 fi
 
 # ----------------------------------------------------------------------------- 5: system 3, two-stage
 if (( stage <= 5 && 5 <= stop_stage )); then
-  fit_run pretrain "$pre_steps" configs/w2v-bert-pretrain.yaml "$LR" "$LR" --data.langs "$langs_list"
+  fit_run pretrain "$pre_steps" configs/w2v-bert-pretrain.yaml "$LR" "$LR" --data.langs "$langs_list" \
+    --model.arch.masking.prob "$PRETRAIN_MASK_PROB"
+  rnnt_opts "$ft_steps"
   fit_run two-stage "$ft_steps" configs/finetune.yaml "$FT_LR" "$FT_DECODER_LR" --data.langs "$langs_list" \
-    --init-from "$WORK/exp/pretrain/checkpoints/last.ckpt"
+    "${RNNT_OPTS[@]}" --init-from "$WORK/exp/pretrain/checkpoints/last.ckpt"
 fi
+
+# just_opts STEPS: JUST from scratch: the masking probability and the delayed, ramped beta
+just_opts() {
+  rnnt_opts "$1"
+  local start=$(( $1 * SSL_START_PERCENT / 100 )) ramp=$(( $1 * SSL_RAMP_PERCENT / 100 ))
+  JUST_OPTS=("${RNNT_OPTS[@]}" --model.arch.masking.prob "$MASK_PROB"
+    --model.arch.loss.ssl_start_step "$start" --model.arch.loss.ssl_ramp_steps "$ramp")
+}
 
 # ----------------------------------------------------------------------------- 6: JUST beta sweep
 if (( stage <= 6 && 6 <= stop_stage )); then
+  just_opts "$BUDGET_STEPS"
   for b in "${betas[@]}"; do
     fit_run "just-b$b" "$BUDGET_STEPS" configs/just.yaml "$LR" "$LR" --data.langs "$langs_list" \
-      --model.arch.loss.ssl "$b" --model.arch.rnnt_branch masked
+      --model.arch.loss.ssl "$b" --model.arch.rnnt_branch masked "${JUST_OPTS[@]}"
     decode_run "just-b$b" dev "${langs[@]}"
   done
 fi
@@ -338,8 +422,9 @@ fi
 if (( stage <= 7 && 7 <= stop_stage )); then
   best_beta=$("$python" "$mini_py" select --work "$WORK" --betas "$BETAS" --what beta)
   echo "=== best beta on dev (masked branch): $best_beta"
+  just_opts "$BUDGET_STEPS"
   fit_run "just-b$best_beta-unmasked" "$BUDGET_STEPS" configs/just.yaml "$LR" "$LR" --data.langs "$langs_list" \
-    --model.arch.loss.ssl "$best_beta" --model.arch.rnnt_branch unmasked
+    --model.arch.loss.ssl "$best_beta" --model.arch.rnnt_branch unmasked "${JUST_OPTS[@]}"
   decode_run "just-b$best_beta-unmasked" dev "${langs[@]}"
   "$python" "$mini_py" select --work "$WORK" --betas "$BETAS" --what final
 fi
@@ -351,9 +436,11 @@ if (( stage <= 8 && 8 <= stop_stage )); then
   read -r sel_run sel_beta sel_branch <<< "$sel"
   echo "=== JUST fine-tuning with system 4's choice: beta $sel_beta, $sel_branch branch (from $sel_run)"
   [[ -f $WORK/exp/pretrain/.done ]] || die "the stage-5 pretrained checkpoint is missing: run stage 5 first"
+  rnnt_opts "$ft_steps"
+  # the encoder is pretrained: beta from the first step (no delay), the same masking as system 4
   fit_run just-finetune "$ft_steps" configs/just-finetune.yaml "$FT_LR" "$FT_DECODER_LR" --data.langs "$langs_list" \
-    --model.arch.loss.ssl "$sel_beta" --model.arch.rnnt_branch "$sel_branch" \
-    --init-from "$WORK/exp/pretrain/checkpoints/last.ckpt"
+    --model.arch.loss.ssl "$sel_beta" --model.arch.rnnt_branch "$sel_branch" "${RNNT_OPTS[@]}" \
+    --model.arch.masking.prob "$MASK_PROB" --init-from "$WORK/exp/pretrain/checkpoints/last.ckpt"
 fi
 
 # ----------------------------------------------------------------------------- 9: decode dev and test
