@@ -214,6 +214,33 @@ def test_diversity_gradient_pushes_towards_uniform():
     assert logits.grad[0, 0] > 0 and logits.grad[0, 2] < 0
 
 
+def test_diversity_gradient_finite_when_a_code_probability_underflows_to_zero():
+    # A collapsing codebook: the softmax of very unequal logits gives an exact 0 in float32. The
+    # entropy's derivative must stay finite there (xlogy's is log 0 = -inf, and the softmax
+    # backward then turned every logit's gradient into NaN, which stopped pretraining runs).
+    logits = torch.tensor([[0.0, -1e4, 1.0]], requires_grad=True)
+    p = torch.softmax(logits, -1)
+    assert float(p[0, 1]) == 0.0
+    loss = diversity_loss(p)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    # the value is unchanged: the zero code contributes nothing to the entropy
+    q0, q2 = float(p[0, 0]), float(p[0, 2])
+    h = -(q0 * math.log(q0) + q2 * math.log(q2))
+    assert abs(float(loss) - (3 - math.exp(h)) / 3) < 1e-6
+    # and the gradient matches finite differences through the two live codes (float64)
+    x = torch.tensor([[0.0, -1e4, 1.0]], dtype=torch.float64, requires_grad=True)
+    diversity_loss(torch.softmax(x, -1)).backward()
+    eps = 1e-6
+    for i in (0, 2):
+        up, dn = x.detach().clone(), x.detach().clone()
+        up[0, i] += eps
+        dn[0, i] -= eps
+        fd = (float(diversity_loss(torch.softmax(up, -1))) - float(diversity_loss(torch.softmax(dn, -1)))) / (2 * eps)
+        assert abs(float(x.grad[0, i]) - fd) < 1e-6
+    assert abs(float(x.grad[0, 1])) < 1e-12
+
+
 def test_average_code_probs_ignores_padding():
     probs = torch.softmax(torch.randn(2, 5, 1, 4), -1)
     lengths = torch.tensor([5, 2])

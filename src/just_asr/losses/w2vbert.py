@@ -227,7 +227,10 @@ def codebook_perplexity(probs: Tensor) -> Tensor:
         ``G·V`` when usage is uniform.
     """
     p = _as_code_probs(probs, "codebook_perplexity")
-    entropy = -torch.special.xlogy(p, p).sum(dim=-1)  # (G,)
+    # p·log(max(p, tiny)): the same value as xlogy(p, p) (0 at p = 0), but a finite gradient where a
+    # code's averaged probability underflows to exactly 0 (a collapsing codebook): xlogy's derivative
+    # there is log(0) = -inf, which the softmax backward turns into NaN for every logit.
+    entropy = -(p * torch.log(p.clamp(min=torch.finfo(p.dtype).tiny))).sum(dim=-1)  # (G,)
     return torch.exp(entropy).sum()
 
 
