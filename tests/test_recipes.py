@@ -121,7 +121,7 @@ def _fabricate(work: Path) -> None:
     (work / "settings.json").parent.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(json.dumps({
         "langs": " ".join(LANGS), "seed": 0, "budget_steps": 800, "max_duration": 20, "pretrain_steps": 400,
-        "finetune_steps": 400, "budget_minutes": 20,
+        "finetune_steps": 400, "budget_minutes": 20, "decode_args": "--method beam --beam 4 --length-norm",
     }))
     dec = work / "decode"
     for lang in LANGS:
@@ -219,7 +219,45 @@ def test_select_and_report_by_hand_arithmetic(tmp_path: Path) -> None:
     assert "| supervised | 800 | 640 (stopped early: wall-clock cap) |" in md
     assert "| fit-supervised | 100.0 | 2 | 1 |" in md
     assert "| **total** | 200.5 |" in md
+    # elapsed: first start 100.5 s before 00:00:00 (synth-corpus) to the last end at 00:02:00
+    assert "Elapsed from the first command's start to the last one's end: 220 s (0.06 h)" in md
+    assert "RNN-T decoding with `--method beam --beam 4 --length-norm`" in md
     assert "Model name: Test CPU" in md and "synth-corpus x --hours 12" in md
+
+
+def test_split_budget_monolingual_system_1b(tmp_path: Path) -> None:
+    # MONO_SPLIT=1: system 1b (mono-split-<xx>, 10 of 20 words wrong in every language) joins the
+    # tables, the claims and the budget table; without it (older runs) nothing about 1b appears
+    work = tmp_path / "work"
+    _fabricate(work)
+    settings = json.loads((work / "settings.json").read_text())
+    settings.update({"mono_split": 1, "mono_split_steps": 100})
+    (work / "settings.json").write_text(json.dumps(settings))
+    for lang in LANGS:
+        for split in ("dev", "test"):
+            _write_wer_json(work / "decode" / f"mono-split-{lang}" / split / "wer.json", {lang: 10})
+    betas = "0.01 0.05 0.2"
+    assert _cli("select", "--work", str(work), "--betas", betas, "--what", "final").returncode == 0
+    out, js = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    res = _cli("report", "--work", str(work), "--betas", betas, "--out", str(out), "--json", str(js))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(js.read_text())
+    assert data["averages"]["test"]["monolingual-split"] == pytest.approx(0.5)
+    c4, c5 = data["claims"]["just"], data["claims"]["just-finetune"]
+    assert c4["vs_monolingual_split"] == pytest.approx(1 - (29 / 160) / 0.5)   # 0.6375
+    assert c5["vs_monolingual_split"] == pytest.approx(1 - (19 / 160) / 0.5)   # 0.7625
+    assert c4["polish_ratio_split"] == pytest.approx(0.6) and c5["polish_ratio_split"] == pytest.approx(0.5)
+    assert c4["not_better_than"]["monolingual-split"] == []
+    md = out.read_text()
+    assert "| 1b. monolingual, one system's budget split over the models (100 steps each) | 50.00 |" in md
+    assert "| avg WER reduction vs monolingual, split budget (1b) | not reported | 63.75% | 76.25% |" in md
+    assert "| Polish WER / Polish WER of 1b | not reported | 0.600 | 0.500 |" in md
+    assert "each of system 1b gets 100 (one system's budget split over the 8 models)" in md
+    # the same work without the flag: no 1b anywhere
+    settings["mono_split"] = 0
+    (work / "settings.json").write_text(json.dumps(settings))
+    assert _cli("report", "--work", str(work), "--betas", betas, "--out", str(out)).returncode == 0
+    assert "1b" not in out.read_text()
 
 
 def test_ties_go_to_earlier_beta_and_masked_branch(tmp_path: Path) -> None:

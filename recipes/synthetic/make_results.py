@@ -41,6 +41,7 @@ PAPER_POLISH_RATIO = 0.5
 
 SYSTEMS: list[tuple[str, str]] = [
     ("monolingual", "1. monolingual supervised RNN-T (one model per language)"),
+    ("monolingual-split", "1b. monolingual, one system's budget split over the models"),
     ("supervised", "2. multilingual supervised-only RNN-T"),
     ("two-stage", "3. two-stage: w2v-BERT pretraining, then RNN-T fine-tuning"),
     ("just", "4. JUST from scratch"),
@@ -79,11 +80,13 @@ def read_wer_json(path: Path) -> dict[str, float]:
 
 def run_wers(work: Path, run: str, split: str, langs: list[str]) -> dict[str, float]:
     """WER per language of decode run ``run`` on ``split``; ``run == "monolingual"`` gathers each
-    language from its own model's report (``mono-<iso>``)."""
-    if run == "monolingual":
+    language from its own model's report (``mono-<iso>``), ``"monolingual-split"`` likewise from
+    ``mono-split-<iso>`` (system 1b)."""
+    if run in ("monolingual", "monolingual-split"):
+        prefix = "mono-" if run == "monolingual" else "mono-split-"
         out = {}
         for lang in langs:
-            path = work / "decode" / f"mono-{lang}" / split / "wer.json"
+            path = work / "decode" / f"{prefix}{lang}" / split / "wer.json"
             wers = read_wer_json(path)
             if lang not in wers:
                 raise ResultsError(f"{path}: no score for language {lang!r} (has {sorted(wers)})")
@@ -177,6 +180,11 @@ def read_selection(work: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the numbers
+def has_mono_split(settings: dict[str, Any]) -> bool:
+    """Whether the run trained system 1b (``MONO_SPLIT=1`` in run.sh; absent in older runs)."""
+    return str(settings.get("mono_split", 0)) == "1"
+
+
 def compute_results(work: Path, betas: list[str]) -> dict[str, Any]:
     """Every number of RESULTS.md as a dict (rates are fractions)."""
     settings = read_settings(work)
@@ -184,6 +192,8 @@ def compute_results(work: Path, betas: list[str]) -> dict[str, Any]:
     sel = read_selection(work)
     runs = {"monolingual": "monolingual", "supervised": "supervised", "two-stage": "two-stage",
             "just": sel["run"], "just-finetune": "just-finetune"}
+    if has_mono_split(settings):
+        runs = {"monolingual": "monolingual", "monolingual-split": "monolingual-split", **runs}
     tables: dict[str, dict[str, dict[str, float]]] = {"test": {}, "dev": {}}
     for split in ("test", "dev"):
         for key, run in runs.items():
@@ -196,13 +206,18 @@ def compute_results(work: Path, betas: list[str]) -> dict[str, Any]:
             "vs_two_stage": relative_improvement(avgs["test"]["two-stage"], avgs["test"][sys_key]),
             "vs_supervised": relative_improvement(avgs["test"]["supervised"], avgs["test"][sys_key]),
         }
+        if "monolingual-split" in runs:
+            c["vs_monolingual_split"] = relative_improvement(avgs["test"]["monolingual-split"], avgs["test"][sys_key])
         if "pl" in langs:
             mono_pl = tables["test"]["monolingual"]["pl"]
             c["polish_ratio"] = tables["test"][sys_key]["pl"] / mono_pl if mono_pl > 0 else float("nan")
+            if "monolingual-split" in runs:
+                split_pl = tables["test"]["monolingual-split"]["pl"]
+                c["polish_ratio_split"] = tables["test"][sys_key]["pl"] / split_pl if split_pl > 0 else float("nan")
         # languages where this JUST system does not beat a baseline (test)
+        bases = [k for k in ("monolingual", "monolingual-split", "supervised", "two-stage") if k in runs]
         c["not_better_than"] = {
-            base: [l for l in langs if tables["test"][sys_key][l] >= tables["test"][base][l]]
-            for base in ("monolingual", "supervised", "two-stage")
+            base: [l for l in langs if tables["test"][sys_key][l] >= tables["test"][base][l]] for base in bases
         }
         claims[sys_key] = c
     sweep = {b: run_wers(work, f"just-b{b}", "dev", langs) for b in betas}
@@ -267,6 +282,31 @@ def steps_reached(work: Path, run: str) -> tuple[int | None, int | None]:
     return planned, reached
 
 
+def wall_clock(work: Path) -> float | None:
+    """Seconds from the first command's start to the last one's end in ``times.tsv`` (rows with an
+    end time): the elapsed time of the whole experiment, which the per-stage sum overstates when
+    training lanes ran side by side. ``None`` when no row has an end time."""
+    from datetime import datetime
+
+    path = work / "times.tsv"
+    if not path.is_file():
+        return None
+    starts: list[float] = []
+    ends: list[float] = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[2].strip():
+            continue
+        try:
+            end = datetime.strptime(parts[2].strip(), "%Y-%m-%dT%H:%M:%SZ").timestamp()
+            sec = float(parts[1])
+        except ValueError:
+            raise ResultsError(f"{path}:{i}: end time {parts[2]!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
+        starts.append(end - sec)
+        ends.append(end)
+    return max(ends) - min(starts) if ends else None
+
+
 def machine_text(work: Path) -> str:
     """What run.sh recorded about the machine (``machine.txt``), else this machine's ``nproc``/``lscpu``."""
     path = work / "machine.txt"
@@ -297,16 +337,20 @@ def wer_table(rows: list[tuple[str, dict[str, float]]], langs: list[str], header
 def render(work: Path, res: dict[str, Any]) -> str:
     langs, sel, s = res["langs"], res["selection"], res["settings"]
     names = dict(SYSTEMS)
+    if "monolingual-split" in res["runs"]:
+        names["monolingual-split"] += f" ({s.get('mono_split_steps')} steps each)"
+    shown = [k for k, _ in SYSTEMS if k in res["runs"]]
     L: list[str] = []
     L += ["# Miniature JUST experiment: results", "",
           f"Produced by `recipes/synthetic/make_results.py report` from the decode reports under `{work}/decode`.",
-          "WER in percent, greedy RNN-T decoding, no language model. `avg`: unweighted mean over the "
+          f"WER in percent, RNN-T decoding with `{s.get('decode_args') or 'greedy'}`, no language model. "
+          "`avg`: unweighted mean over the "
           f"{len(langs)} languages. System 4 is JUST from scratch with beta {sel['beta']} and the "
           f"{sel['branch']} RNN-T branch, chosen on dev (see below); never tuned on test.", ""]
     L += ["## Test WER (%)", ""]
-    L += wer_table([(names[k], res["tables"]["test"][k]) for k, _ in SYSTEMS], langs)
+    L += wer_table([(names[k], res["tables"]["test"][k]) for k in shown], langs)
     L += ["", "## Dev WER (%)", ""]
-    L += wer_table([(names[k], res["tables"]["dev"][k]) for k, _ in SYSTEMS], langs)
+    L += wer_table([(names[k], res["tables"]["dev"][k]) for k in shown], langs)
 
     L += ["", "## The paper's claims against these numbers (test)", "",
           "Relative improvement = (baseline avg - system avg) / baseline avg; Polish ratio = "
@@ -316,6 +360,9 @@ def render(work: Path, res: dict[str, Any]) -> str:
     c4, c5 = res["claims"]["just"], res["claims"]["just-finetune"]
     L.append(f"| avg WER reduction vs monolingual average | {100 * PAPER_VS_MONO:.1f}% | "
              f"{pct(c4['vs_monolingual'])}% | {pct(c5['vs_monolingual'])}% |")
+    if "vs_monolingual_split" in c4:
+        L.append(f"| avg WER reduction vs monolingual, split budget (1b) | not reported | "
+                 f"{pct(c4['vs_monolingual_split'])}% | {pct(c5['vs_monolingual_split'])}% |")
     L.append(f"| avg WER reduction vs two-stage | {100 * PAPER_VS_TWO_STAGE:.0f}% | "
              f"{pct(c4['vs_two_stage'])}% | {pct(c5['vs_two_stage'])}% |")
     L.append(f"| avg WER reduction vs multilingual supervised-only | not reported | "
@@ -323,6 +370,9 @@ def render(work: Path, res: dict[str, Any]) -> str:
     if "polish_ratio" in c4:
         L.append(f"| Polish WER / monolingual Polish WER | < {PAPER_POLISH_RATIO} | "
                  f"{c4['polish_ratio']:.3f} | {c5['polish_ratio']:.3f} |")
+    if "polish_ratio_split" in c4:
+        L.append(f"| Polish WER / Polish WER of 1b | not reported | "
+                 f"{c4['polish_ratio_split']:.3f} | {c5['polish_ratio_split']:.3f} |")
     L += ["", "Where JUST does not beat a baseline (test WER not lower), per language:", ""]
     for key, c in (("just", c4), ("just-finetune", c5)):
         for base, bad in c["not_better_than"].items():
@@ -349,10 +399,15 @@ def render(work: Path, res: dict[str, Any]) -> str:
           f"Every system: {s.get('budget_steps')} optimiser steps of at most {s.get('max_duration')} s of audio "
           f"per batch; two-stage and JUST fine-tuning: {s.get('pretrain_steps')} pretraining + "
           f"{s.get('finetune_steps')} fine-tuning steps (the pretraining run is shared). Each monolingual model "
-          f"gets the full {s.get('budget_steps')} steps. Per-fit wall-clock cap: {s.get('budget_minutes')} min. "
-          f"Seed {s.get('seed')}.", "",
+          f"of system 1 gets the full {s.get('budget_steps')} steps"
+          + (f"; each of system 1b gets {s.get('mono_split_steps')} (one system's budget split over the "
+             f"{len(langs)} models)" if "monolingual-split" in res["runs"] else "")
+          + f". Per-fit wall-clock cap: {s.get('budget_minutes')} min. Seed {s.get('seed')}.", "",
           "| training run | steps planned | steps reached |", "|---|---:|---:|"]
-    train_runs = [f"mono-{l}" for l in langs] + ["supervised", "pretrain", "two-stage"]
+    train_runs = [f"mono-{l}" for l in langs]
+    if "monolingual-split" in res["runs"]:
+        train_runs += [f"mono-split-{l}" for l in langs]
+    train_runs += ["supervised", "pretrain", "two-stage"]
     train_runs += [f"just-b{b}" for b in res["sweep"]] + [f"just-b{sel['beta']}-unmasked", "just-finetune"]
     short = []
     for run in train_runs:
@@ -373,6 +428,10 @@ def render(work: Path, res: dict[str, Any]) -> str:
         L += ["| stage | seconds | attempts | failed |", "|---|---:|---:|---:|"]
         L += [f"| {n} | {sec:.1f} | {k} | {f} |" for n, sec, k, f in times]
         L.append(f"| **total** | {sum(t[1] for t in times):.1f} |  |  |")
+        wall = wall_clock(work)
+        if wall is not None:
+            L += ["", f"Elapsed from the first command's start to the last one's end: {wall:.0f} s "
+                  f"({wall / 3600:.2f} h); the sum above counts side-by-side training lanes twice."]
     else:
         L.append(f"(no {work / 'times.tsv'})")
     L += ["", "## Machine", "", "```", machine_text(work), "```", ""]

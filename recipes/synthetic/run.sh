@@ -4,7 +4,7 @@
 #
 # Run it from the repository root (it cd's there itself):
 #
-#   recipes/synthetic/run.sh                           # everything (about two hours on 2 CPU cores)
+#   recipes/synthetic/run.sh                           # everything (see RESULTS.md for the measured time)
 #   recipes/synthetic/run.sh --stage 6 --stop-stage 7  # only the beta sweep and the branch comparison
 #   WORK=exp/mini-seed1 SEED=1 recipes/synthetic/run.sh
 #   SMOKE=1 recipes/synthetic/run.sh                  # end-to-end smoke test in a few minutes (WORK=exp/synthetic-smoke)
@@ -16,7 +16,7 @@
 #
 # Stages (--stage N --stop-stage M, both inclusive; default 0..10):
 #   0  synth-corpus     the offline corpus with MLS's language imbalance        -> $WORK/corpus
-#   1  prepare-mls      lhotse manifests                                        -> $WORK/manifests
+#   1  prepare-mls      lhotse manifests and fbank features (computed once)     -> $WORK/manifests
 #   2  train-tokenizer  one SentencePiece model for all languages, and compute-cmvn
 #   3  system 1         monolingual supervised RNN-T: one fit per language (--data.langs [xx])
 #   4  system 2         multilingual supervised-only RNN-T
@@ -35,6 +35,9 @@
 # BUDGET_STEPS (as the paper's monolingual baselines are separate full trainings; system 1 therefore
 # spends 8x the steps of the others in total). BUDGET_MINUTES caps each single fit's wall time as a
 # safety net; a run stopped by it is flagged in RESULTS.md (steps reached < steps planned).
+#
+# Stages 3-8 train in two lanes side by side on a CPU-only machine (LANES=2, one torch thread each):
+# stage 3 in one, stages 4-8 in the other; stage 9 waits for both. LANES=1 runs one fit at a time.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -94,6 +97,13 @@ FT_DECODER_LR=${FT_DECODER_LR:-1e-3}
 # as configs/demo.yaml (they leave the blank plateau far sooner); pretraining has no text, so neither
 CTC=${CTC:-0.5}
 RNNT_RAMP_PERCENT=${RNNT_RAMP_PERCENT:-10}
+# w2v-BERT pretraining from scratch (systems 3 and 5): with LR and diversity weight 0.1 the tiny model's
+# codebook collapsed to one code within ~150 steps (contrastive loss -> 0, all negatives excluded as
+# identical); at 5e-4 with a 10% warm-up it still collapsed; diversity weight 1.0 kept ~75% of the codes
+# in use through 450 steps (probes on this corpus, RESULTS.md)
+PRETRAIN_LR=${PRETRAIN_LR:-5e-4}
+PRETRAIN_WARMUP_PERCENT=${PRETRAIN_WARMUP_PERCENT:-10}
+PRETRAIN_DIVERSITY=${PRETRAIN_DIVERSITY:-1.0}
 # masking: w2v-BERT's span-start probability 0.065 (~49% of frames) for pretraining; JUST's runs use
 # MASK_PROB (0.02, ~18% of frames, as configs/demo.yaml: the masked-branch RNN-T reads the masked pass)
 PRETRAIN_MASK_PROB=${PRETRAIN_MASK_PROB:-0.065}
@@ -106,6 +116,10 @@ SSL_RAMP_PERCENT=${SSL_RAMP_PERCENT:-10}
 BETAS=${BETAS:-"0.02 0.05 0.2"}                # JUST's beta sweep (chosen on dev, never on test)
 PRECISION=${PRECISION:-}                       # empty: the presets' bf16-mixed; e.g. 32
 FIT_EXTRA=${FIT_EXTRA:-}                       # extra 'just-asr fit' arguments for every fit (word-split)
+# MONO_SPLIT=1 adds system 1b: the monolingual models again, with one system's budget split between
+# them (BUDGET_STEPS / 8 steps each), so that system 1 (8 x BUDGET_STEPS in all) is also compared at
+# the same total compute as the multilingual systems
+MONO_SPLIT=${MONO_SPLIT:-1}
 NPROC=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 # LANES=2 trains in two concurrent processes of one torch thread each: the monolingual fits (stage 3)
 # in one, stages 4-8 in the other (about the same number of steps). On 2 cores that is ~1.4x the
@@ -137,6 +151,7 @@ is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_int "$stage" && is_int "$stop_stage" || die "--stage and --stop-stage take integers"
 is_int "$BUDGET_STEPS" && (( BUDGET_STEPS >= 2 )) || die "BUDGET_STEPS must be an integer >= 2, got '$BUDGET_STEPS'"
 is_int "$BUDGET_MINUTES" && (( BUDGET_MINUTES >= 1 )) || die "BUDGET_MINUTES must be a positive integer, got '$BUDGET_MINUTES'"
+[[ $MONO_SPLIT == 0 || $MONO_SPLIT == 1 ]] || die "MONO_SPLIT must be 0 or 1, got '$MONO_SPLIT'"
 is_int "$PRETRAIN_PERCENT" && (( PRETRAIN_PERCENT > 0 && PRETRAIN_PERCENT < 100 )) \
   || die "PRETRAIN_PERCENT must be an integer in 1..99, got '$PRETRAIN_PERCENT'"
 [[ -x $python ]] || die "$python not found: run 'make setup' first"
@@ -158,6 +173,9 @@ mkdir -p "$WORK/logs"
 times=$WORK/times.tsv
 commands=$WORK/commands.sh
 [[ -f $commands ]] || printf '#!/usr/bin/env bash\n# every command run.sh ran, in order (appended by each invocation)\n' > "$commands"
+
+# system 1b: each monolingual model gets BUDGET_STEPS / (number of languages)
+split_steps=$(( BUDGET_STEPS / ${#langs[@]} )); (( split_steps >= 1 )) || split_steps=1
 
 # the two-stage split of the budget
 pre_steps=$(( BUDGET_STEPS * PRETRAIN_PERCENT / 100 ))
@@ -204,7 +222,7 @@ rnnt_opts() {
 fit_run() {
   local name=$1 steps=$2 regime=$3 lr=$4 dlr=$5; shift 5
   local dir=$WORK/exp/$name
-  local warm; warm=$(pct "$steps" "$WARMUP_PERCENT")
+  local warm; warm=$(pct "$steps" "${WARM_PCT:-$WARMUP_PERCENT}")
   local val=$(( steps / VAL_CHECKS )); (( val >= 1 )) || val=1
   local every=100; (( every <= steps )) || every=$steps
   local -a cmd=("$just_asr" fit --config "$MODEL_PRESET" --config "$regime" --config "$MINI_CONF"
@@ -286,7 +304,8 @@ if [[ -z $LANE ]]; then
     echo "  \"pretrain_steps\": $pre_steps, \"finetune_steps\": $ft_steps, \"pretrain_percent\": $PRETRAIN_PERCENT,"
     echo "  \"warmup_percent\": $WARMUP_PERCENT, \"lr_schedule\": \"wsd (decay over the last 30%)\","
     echo "  \"lr\": \"$LR\", \"ft_lr\": \"$FT_LR\", \"ft_decoder_lr\": \"$FT_DECODER_LR\","
-    echo "  \"ctc\": \"$CTC\", \"rnnt_ramp_percent\": $RNNT_RAMP_PERCENT,"
+    echo "  \"ctc\": \"$CTC\", \"rnnt_ramp_percent\": $RNNT_RAMP_PERCENT, \"mono_split\": $MONO_SPLIT, \"mono_split_steps\": $split_steps,"
+    echo "  \"pretrain_lr\": \"$PRETRAIN_LR\", \"pretrain_warmup_percent\": $PRETRAIN_WARMUP_PERCENT, \"pretrain_diversity\": \"$PRETRAIN_DIVERSITY\","
     echo "  \"pretrain_mask_prob\": \"$PRETRAIN_MASK_PROB\", \"mask_prob\": \"$MASK_PROB\","
     echo "  \"ssl_start_percent\": $SSL_START_PERCENT, \"ssl_ramp_percent\": $SSL_RAMP_PERCENT,"
     echo "  \"betas\": \"$BETAS\", \"precision\": \"${PRECISION:-preset (bf16-mixed)}\","
@@ -383,6 +402,13 @@ if (( stage <= 3 && 3 <= stop_stage )); then
   for l in "${langs[@]}"; do
     fit_run "mono-$l" "$BUDGET_STEPS" configs/supervised.yaml "$LR" "$LR" --data.langs "[$l]" "${RNNT_OPTS[@]}"
   done
+  # system 1b: the same monolingual models with one system's budget split over them
+  if (( MONO_SPLIT )); then
+    rnnt_opts "$split_steps"
+    for l in "${langs[@]}"; do
+      fit_run "mono-split-$l" "$split_steps" configs/supervised.yaml "$LR" "$LR" --data.langs "[$l]" "${RNNT_OPTS[@]}"
+    done
+  fi
 fi
 
 # ----------------------------------------------------------------------------- 4: system 2, multilingual supervised
@@ -393,8 +419,9 @@ fi
 
 # ----------------------------------------------------------------------------- 5: system 3, two-stage
 if (( stage <= 5 && 5 <= stop_stage )); then
-  fit_run pretrain "$pre_steps" configs/w2v-bert-pretrain.yaml "$LR" "$LR" --data.langs "$langs_list" \
-    --model.arch.masking.prob "$PRETRAIN_MASK_PROB"
+  WARM_PCT=$PRETRAIN_WARMUP_PERCENT fit_run pretrain "$pre_steps" configs/w2v-bert-pretrain.yaml \
+    "$PRETRAIN_LR" "$PRETRAIN_LR" --data.langs "$langs_list" --model.arch.masking.prob "$PRETRAIN_MASK_PROB" \
+    --model.arch.loss.diversity "$PRETRAIN_DIVERSITY"
   rnnt_opts "$ft_steps"
   fit_run two-stage "$ft_steps" configs/finetune.yaml "$FT_LR" "$FT_DECODER_LR" --data.langs "$langs_list" \
     "${RNNT_OPTS[@]}" --init-from "$WORK/exp/pretrain/checkpoints/last.ckpt"
@@ -450,6 +477,9 @@ if (( stage <= 9 && 9 <= stop_stage )); then
   read -r sel_run sel_beta sel_branch <<< "$sel"
   for split in dev test; do
     for l in "${langs[@]}"; do decode_run "mono-$l" "$split" "$l"; done
+    if (( MONO_SPLIT )); then
+      for l in "${langs[@]}"; do decode_run "mono-split-$l" "$split" "$l"; done
+    fi
     for name in supervised two-stage "$sel_run" just-finetune; do
       decode_run "$name" "$split" "${langs[@]}"
     done
