@@ -260,6 +260,31 @@ def test_split_budget_monolingual_system_1b(tmp_path: Path) -> None:
     assert "1b" not in out.read_text()
 
 
+def test_dev_curve_reads_tensorboard_and_report_lists_it(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    work = tmp_path / "work"
+    _fabricate(work)
+    logs = work / "exp" / "supervised" / "lightning_logs"
+    w = SummaryWriter(str(logs / "version_0"))
+    for step, v in ((99, 90.0), (199, 70.0)):
+        w.add_scalar("dev/wer_avg", v, step)
+    w.add_scalar("train/loss", 3.0, 199)
+    w.close()
+    # a resumed run: version_1 repeats step 199 with another value, which wins, and goes on
+    w = SummaryWriter(str(logs / "version_1"))
+    w.add_scalar("dev/wer_avg", 65.5, 199)
+    w.add_scalar("dev/wer_avg", 50.0, 299)
+    w.close()
+    assert mr.dev_curve(work, "supervised") == [(99, 90.0), (199, 65.5), (299, 50.0)]
+    assert mr.dev_curve(work, "two-stage") == []
+    betas = "0.01 0.05 0.2"
+    assert _cli("select", "--work", str(work), "--betas", betas, "--what", "final").returncode == 0
+    out = tmp_path / "RESULTS.md"
+    assert _cli("report", "--work", str(work), "--betas", betas, "--out", str(out)).returncode == 0
+    assert "| supervised | 99: 90.0, 199: 65.5, 299: 50.0 |" in out.read_text()
+
+
 def test_ties_go_to_earlier_beta_and_masked_branch(tmp_path: Path) -> None:
     work = tmp_path / "w"
     (work).mkdir()

@@ -307,6 +307,27 @@ def wall_clock(work: Path) -> float | None:
     return max(ends) - min(starts) if ends else None
 
 
+def dev_curve(work: Path, run: str, tag: str = "dev/wer_avg") -> list[tuple[int, float]]:
+    """``(step, value)`` of scalar ``tag`` from training run ``run``'s TensorBoard logs
+    (``exp/<run>/lightning_logs/version_*/events*``, every version in order, a later value for the
+    same step replacing an earlier one: a resumed run); ``[]`` when there are none."""
+    files = sorted((work / "exp" / run / "lightning_logs").glob("version_*/events*"),
+                   key=lambda f: (int(f.parent.name.split("_")[-1]) if f.parent.name.split("_")[-1].isdigit() else 0,
+                                  f.name))
+    if not files:
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags().get("scalars", []):
+            for e in acc.Scalars(tag):
+                points[int(e.step)] = float(e.value)
+    return sorted(points.items())
+
+
 def machine_text(work: Path) -> str:
     """What run.sh recorded about the machine (``machine.txt``), else this machine's ``nproc``/``lscpu``."""
     path = work / "machine.txt"
@@ -420,6 +441,17 @@ def render(work: Path, res: dict[str, Any]) -> str:
                  f"{reached if reached is not None else 'n/a'}{flag} |")
     if short:
         L += ["", f"**Unequal budget:** {', '.join(short)} stopped before the planned steps."]
+
+    L += ["", "## Dev WER during training (%)", "",
+          "From each run's TensorBoard log (`dev/wer_avg`: the in-training validation, greedy search, on "
+          "the first `data.max_dev_cuts_per_lang` dev utterances per language, unweighted average over the "
+          "run's languages); `logged step: WER`. A curve still falling steeply at its last point means the "
+          "budget, not the method, limits that system.", "",
+          "| training run | dev WER by step |", "|---|---|"]
+    for run in train_runs:
+        curve = dev_curve(work, run)
+        if curve:
+            L.append(f"| {run} | " + ", ".join(f"{st}: {v:.1f}" for st, v in curve) + " |")
     L += ["", "Settings (`settings.json`):", "", "```json", json.dumps(s, indent=2), "```", ""]
 
     times = read_times(work)
