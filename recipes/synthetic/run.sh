@@ -99,7 +99,7 @@ CTC=${CTC:-0.5}
 RNNT_RAMP_PERCENT=${RNNT_RAMP_PERCENT:-10}
 # w2v-BERT pretraining from scratch (systems 3 and 5): with LR and diversity weight 0.1 the tiny model's
 # codebook collapsed to one code within ~150 steps (contrastive loss -> 0, all negatives excluded as
-# identical); at 5e-4 with a 10% warm-up it still collapsed; diversity weight 1.0 kept ~75% of the codes
+# identical); at 5e-4 with a 90-step warm-up it still collapsed; diversity weight 1.0 kept 67-79% of the codes
 # in use through 450 steps (probes on this corpus, RESULTS.md)
 PRETRAIN_LR=${PRETRAIN_LR:-5e-4}
 PRETRAIN_WARMUP_PERCENT=${PRETRAIN_WARMUP_PERCENT:-10}
