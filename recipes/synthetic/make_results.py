@@ -7,12 +7,13 @@ Reads the ``wer.json`` files that ``just-asr decode`` wrote under ``WORK/decode/
 
 Subcommands::
 
-    make_results.py select --work W --betas "0.01 0.05 0.2" --what beta   # best beta on dev (masked branch)
+    make_results.py select --work W --betas "0.02 0.05 0.2" --what beta   # best beta on dev (masked branch)
     make_results.py select --work W --betas "..." --what final            # + branch choice -> W/selection.json
     make_results.py select --work W --betas "..." --what show             # "RUN BETA BRANCH" of selection.json
     make_results.py report --work W --betas "..." --out W/RESULTS.md
 
 Run names (folders under ``WORK/decode``): ``mono-<iso>`` (system 1, one model per language),
+``mono-split-<iso>`` (system 1b, when ``settings.json`` has ``mono_split: 1``),
 ``supervised`` (2), ``two-stage`` (3), ``just-b<beta>`` and ``just-b<beta>-unmasked`` (the sweep; system
 4 is the dev winner named in ``selection.json``), ``just-finetune`` (5).
 
@@ -45,7 +46,7 @@ SYSTEMS: list[tuple[str, str]] = [
     ("supervised", "2. multilingual supervised-only RNN-T"),
     ("two-stage", "3. two-stage: w2v-BERT pretraining, then RNN-T fine-tuning"),
     ("just", "4. JUST from scratch"),
-    ("just-finetune", "5. JUST fine-tuning from the stage-3 pretrained checkpoint"),
+    ("just-finetune", "5. JUST fine-tuning from system 3's pretrained checkpoint"),
 ]
 
 
@@ -286,7 +287,7 @@ def wall_clock(work: Path) -> float | None:
     """Seconds from the first command's start to the last one's end in ``times.tsv`` (rows with an
     end time): the elapsed time of the whole experiment, which the per-stage sum overstates when
     training lanes ran side by side. ``None`` when no row has an end time."""
-    from datetime import datetime
+    from datetime import datetime, timezone
 
     path = work / "times.tsv"
     if not path.is_file():
@@ -298,7 +299,7 @@ def wall_clock(work: Path) -> float | None:
         if len(parts) < 3 or not parts[2].strip():
             continue
         try:
-            end = datetime.strptime(parts[2].strip(), "%Y-%m-%dT%H:%M:%SZ").timestamp()
+            end = datetime.strptime(parts[2].strip(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
             sec = float(parts[1])
         except ValueError:
             raise ResultsError(f"{path}:{i}: end time {parts[2]!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
@@ -463,7 +464,8 @@ def render(work: Path, res: dict[str, Any]) -> str:
         wall = wall_clock(work)
         if wall is not None:
             L += ["", f"Elapsed from the first command's start to the last one's end: {wall:.0f} s "
-                  f"({wall / 3600:.2f} h); the sum above counts side-by-side training lanes twice."]
+                  f"({wall / 3600:.2f} h), idle time between invocations included; the sum above counts "
+                  "side-by-side training lanes twice."]
     else:
         L.append(f"(no {work / 'times.tsv'})")
     L += ["", "## Machine", "", "```", machine_text(work), "```", ""]

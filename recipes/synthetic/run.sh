@@ -41,6 +41,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+SELF="$ROOT/recipes/synthetic/run.sh"          # the lanes re-run this script after the cd below
 cd "$ROOT"
 
 # ----------------------------------------------------------------------------- settings (env overrides)
@@ -117,14 +118,15 @@ BETAS=${BETAS:-"0.02 0.05 0.2"}                # JUST's beta sweep (chosen on de
 PRECISION=${PRECISION:-}                       # empty: the presets' bf16-mixed; e.g. 32
 FIT_EXTRA=${FIT_EXTRA:-}                       # extra 'just-asr fit' arguments for every fit (word-split)
 # MONO_SPLIT=1 adds system 1b: the monolingual models again, with one system's budget split between
-# them (BUDGET_STEPS / 8 steps each), so that system 1 (8 x BUDGET_STEPS in all) is also compared at
+# them (BUDGET_STEPS / number of languages each), so that system 1 (8 x BUDGET_STEPS in all) is compared at
 # the same total compute as the multilingual systems
 MONO_SPLIT=${MONO_SPLIT:-1}
 NPROC=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
-# LANES=2 trains in two concurrent processes of one torch thread each: the monolingual fits (stage 3)
-# in one, stages 4-8 in the other (about the same number of steps). On 2 cores that is ~1.4x the
-# throughput of one 2-thread process (benchmarks: 235 ms/step each vs 165 ms/step alone). LANES=1: one
-# fit at a time on THREADS threads. Default: 2 on a CPU-only machine with 2+ cores, else 1.
+# LANES=2 trains in two concurrent processes of NPROC/2 torch threads each: the monolingual fits
+# (stage 3) in one, stages 4-8 in the other (about the same time: 4200 s vs 3900 s in RESULTS.md's
+# run). On 2 cores that is ~1.4x the throughput of one 2-thread process (benchmarks: 235 ms/step each vs
+# 165 ms/step alone). LANES=1: one fit at a time on THREADS threads. Default (auto): 2 on a CPU-only
+# machine with 2+ cores when the stages asked for include both lanes' (3 and 4-8), else 1.
 LANES=${LANES:-auto}
 THREADS=${THREADS:-auto}                       # torch threads per training lane (auto: the cores / LANES)
 DECODE_DEVICE=${DECODE_DEVICE:-auto}           # auto: cuda when available, else cpu
@@ -145,6 +147,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 LANE=${LANE:-}                                 # set by run.sh itself for its two training lanes
+unset WARM_PCT                                 # fit_run's per-call warm-up override, never from outside
 
 die() { echo "run.sh: error: $*" >&2; exit 1; }
 is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -152,6 +155,9 @@ is_int "$stage" && is_int "$stop_stage" || die "--stage and --stop-stage take in
 is_int "$BUDGET_STEPS" && (( BUDGET_STEPS >= 2 )) || die "BUDGET_STEPS must be an integer >= 2, got '$BUDGET_STEPS'"
 is_int "$BUDGET_MINUTES" && (( BUDGET_MINUTES >= 1 )) || die "BUDGET_MINUTES must be a positive integer, got '$BUDGET_MINUTES'"
 [[ $MONO_SPLIT == 0 || $MONO_SPLIT == 1 ]] || die "MONO_SPLIT must be 0 or 1, got '$MONO_SPLIT'"
+[[ $LANES == auto || $LANES == 1 || $LANES == 2 ]] || die "LANES must be 1, 2 or auto, got '$LANES'"
+[[ $THREADS == auto ]] || { is_int "$THREADS" && (( THREADS >= 1 )); } \
+  || die "THREADS must be a positive integer or auto, got '$THREADS'"
 is_int "$PRETRAIN_PERCENT" && (( PRETRAIN_PERCENT > 0 && PRETRAIN_PERCENT < 100 )) \
   || die "PRETRAIN_PERCENT must be an integer in 1..99, got '$PRETRAIN_PERCENT'"
 [[ -x $python ]] || die "$python not found: run 'make setup' first"
@@ -222,7 +228,7 @@ rnnt_opts() {
 fit_run() {
   local name=$1 steps=$2 regime=$3 lr=$4 dlr=$5; shift 5
   local dir=$WORK/exp/$name
-  local warm; warm=$(pct "$steps" "${WARM_PCT:-$WARMUP_PERCENT}")
+  local warm; warm=$(pct "$steps" "${WARM_PCT:-$WARMUP_PERCENT}")  # WARM_PCT: set by the caller only
   local val=$(( steps / VAL_CHECKS )); (( val >= 1 )) || val=1
   local every=100; (( every <= steps )) || every=$steps
   local -a cmd=("$just_asr" fit --config "$MODEL_PRESET" --config "$regime" --config "$MINI_CONF"
@@ -283,11 +289,9 @@ decode_run() {
 
 DEVICE=$(decode_device)
 if [[ $LANES == auto ]]; then
-  if [[ $DEVICE == cpu ]] && (( NPROC >= 2 )); then LANES=2; else LANES=1; fi
+  if [[ $DEVICE == cpu ]] && (( NPROC >= 2 && stage <= 3 && stop_stage >= 4 )); then LANES=2; else LANES=1; fi
 fi
-is_int "$LANES" && (( LANES == 1 || LANES == 2 )) || die "LANES must be 1, 2 or auto, got '$LANES'"
 if [[ $THREADS == auto ]]; then THREADS=$(( NPROC / LANES > 0 ? NPROC / LANES : 1 )); fi
-is_int "$THREADS" && (( THREADS >= 1 )) || die "THREADS must be a positive integer or auto, got '$THREADS'"
 # decoding outside the lanes (stage 9) has every core; inside a lane, the lane's threads
 if [[ -z $LANE ]]; then decode_threads=$NPROC; else decode_threads=$THREADS; fi
 export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1
@@ -379,19 +383,23 @@ fi
 if [[ -z $LANE ]] && (( LANES == 2 )) && (( stage <= 8 && 3 <= stop_stage )); then
   lane_pids=()
   lane_names=()
+  # each lane in its own process group (setsid), so that an interrupt or a TERM of this script stops
+  # the lanes' training too (background jobs of a script ignore SIGINT) instead of leaving them running
+  trap 'for p in "${lane_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done' INT TERM
   if (( stage <= 3 )); then
-    LANE=mono LANES=$LANES THREADS=$THREADS "$0" --stage 3 --stop-stage 3 > >(sed -u 's/^/[mono] /') 2> >(sed -u 's/^/[mono] /' >&2) &
+    LANE=mono LANES=$LANES THREADS=$THREADS setsid -w "$SELF" --stage 3 --stop-stage 3 > >(sed -u 's/^/[mono] /') 2> >(sed -u 's/^/[mono] /' >&2) &
     lane_pids+=($!); lane_names+=(mono)
   fi
   if (( stop_stage >= 4 )); then
     first=$(( stage > 4 ? stage : 4 )); last=$(( stop_stage < 8 ? stop_stage : 8 ))
-    LANE=multi LANES=$LANES THREADS=$THREADS "$0" --stage "$first" --stop-stage "$last" > >(sed -u 's/^/[multi] /') 2> >(sed -u 's/^/[multi] /' >&2) &
+    LANE=multi LANES=$LANES THREADS=$THREADS setsid -w "$SELF" --stage "$first" --stop-stage "$last" > >(sed -u 's/^/[multi] /') 2> >(sed -u 's/^/[multi] /' >&2) &
     lane_pids+=($!); lane_names+=(multi)
   fi
   lane_failed=()
   for i in "${!lane_pids[@]}"; do
     wait "${lane_pids[$i]}" || lane_failed+=("${lane_names[$i]}")
   done
+  trap - INT TERM
   (( ${#lane_failed[@]} == 0 )) || die "training lane(s) ${lane_failed[*]} failed (see their [lane] lines and $WORK/logs)"
   stage=9
 fi
