@@ -66,7 +66,7 @@ SEED=${SEED:-0}
 LANGS=${LANGS:-"en de nl fr es it pt pl"}      # ISO codes, space separated (MLS order)
 # corpus: MLS's train-hour shares over CORPUS_HOURS hours. 10 h gives en ~8.8 h (~30,000 utterances),
 # de ~23 min, nl ~18, fr ~13, es ~11; it (2.9 min by MLS's share), pt (1.9) and pl (1.2) are lifted to
-# the floor of MIN_UTTS utterances (~8.5 min each at ~1 s per utterance): en has ~60x Polish's audio
+# the floor of MIN_UTTS utterances (8-10 min each at ~1 s per utterance): en has ~52x Polish's audio
 # (MLS: 431x). Short utterances from a 100-word list per language: the demo's probes (docs/training.md)
 # found ~250 utterances per language too few for the tiny model to learn at all in a short run, 600
 # enough; 500 makes pt and pl low-resource but learnable.
