@@ -230,14 +230,16 @@ def compute_results(work: Path, betas: list[str]) -> dict[str, Any]:
             "averages": avgs, "claims": claims, "sweep": sweep, "branch": branch}
 
 
-def read_times(work: Path) -> list[tuple[str, float, int, int]]:
-    """``times.tsv`` (``NAME<TAB>SECONDS<TAB>END<TAB>EXIT``) summed per stage name, in first-seen order:
-    ``(name, seconds, attempts, failed attempts)``. A resumed stage has several rows; failed attempts'
-    time is included (it was spent)."""
+TimesRow = tuple[str, float, "float | None", bool]  # name, seconds, end (POSIX seconds, or None), failed
+
+
+def times_rows(work: Path) -> list[TimesRow]:
+    """The rows of ``times.tsv`` (``NAME<TAB>SECONDS[<TAB>END<TAB>EXIT]``, one per command run.sh ran),
+    checked; ``[]`` when there is no file."""
     path = work / "times.tsv"
     if not path.is_file():
         return []
-    totals: dict[str, list[float]] = {}
+    rows: list[TimesRow] = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -249,11 +251,45 @@ def read_times(work: Path) -> list[tuple[str, float, int, int]]:
             failed = len(parts) >= 4 and int(parts[3]) != 0
         except ValueError:
             raise ResultsError(f"{path}:{i}: seconds {parts[1]!r} or exit status is not a number") from None
-        entry = totals.setdefault(parts[0], [0.0, 0, 0])
+        end = None
+        if len(parts) >= 3 and parts[2].strip():
+            try:
+                end = _utc_seconds(parts[2].strip())
+            except ValueError:
+                raise ResultsError(f"{path}:{i}: end time {parts[2]!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
+        rows.append((parts[0], sec, end, failed))
+    return rows
+
+
+def _utc_seconds(stamp: str) -> float:
+    from datetime import datetime, timezone
+
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def sum_times(rows: list[TimesRow]) -> list[tuple[str, float, int, int]]:
+    """``times.tsv`` rows summed per stage name, in first-seen order: ``(name, seconds, attempts,
+    failed attempts)``. A resumed stage has several rows; failed attempts' time is included (it was spent)."""
+    totals: dict[str, list[float]] = {}
+    for name, sec, _, failed in rows:
+        entry = totals.setdefault(name, [0.0, 0, 0])
         entry[0] += sec
         entry[1] += 1
         entry[2] += int(failed)
     return [(name, v[0], int(v[1]), int(v[2])) for name, v in totals.items()]
+
+
+def elapsed(rows: list[TimesRow]) -> float | None:
+    """Seconds from the first command's start to the last one's end (rows with an end time): the
+    elapsed time of the whole experiment, which the per-stage sum overstates when training lanes ran
+    side by side. ``None`` when no row has an end time."""
+    spans = [(end - sec, end) for _, sec, end, _ in rows if end is not None]
+    return max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+
+
+def read_times(work: Path) -> list[tuple[str, float, int, int]]:
+    """:func:`sum_times` of ``work``'s ``times.tsv``."""
+    return sum_times(times_rows(work))
 
 
 def steps_reached(work: Path, run: str) -> tuple[int | None, int | None]:
@@ -283,38 +319,15 @@ def steps_reached(work: Path, run: str) -> tuple[int | None, int | None]:
     return planned, reached
 
 
-def wall_clock(work: Path) -> float | None:
-    """Seconds from the first command's start to the last one's end in ``times.tsv`` (rows with an
-    end time): the elapsed time of the whole experiment, which the per-stage sum overstates when
-    training lanes ran side by side. ``None`` when no row has an end time."""
-    from datetime import datetime, timezone
-
-    path = work / "times.tsv"
-    if not path.is_file():
-        return None
-    starts: list[float] = []
-    ends: list[float] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        parts = line.split("\t")
-        if len(parts) < 3 or not parts[2].strip():
-            continue
-        try:
-            end = datetime.strptime(parts[2].strip(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-            sec = float(parts[1])
-        except ValueError:
-            raise ResultsError(f"{path}:{i}: end time {parts[2]!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
-        starts.append(end - sec)
-        ends.append(end)
-    return max(ends) - min(starts) if ends else None
-
-
 def dev_curve(work: Path, run: str, tag: str = "dev/wer_avg") -> list[tuple[int, float]]:
     """``(step, value)`` of scalar ``tag`` from training run ``run``'s TensorBoard logs
     (``exp/<run>/lightning_logs/version_*/events*``, every version in order, a later value for the
     same step replacing an earlier one: a resumed run); ``[]`` when there are none."""
-    files = sorted((work / "exp" / run / "lightning_logs").glob("version_*/events*"),
-                   key=lambda f: (int(f.parent.name.split("_")[-1]) if f.parent.name.split("_")[-1].isdigit() else 0,
-                                  f.name))
+    def order(f: Path) -> tuple[int, str]:  # version_10 after version_9
+        number = f.parent.name.removeprefix("version_")
+        return (int(number) if number.isdigit() else 0, f.name)
+
+    files = sorted((work / "exp" / run / "lightning_logs").glob("version_*/events*"), key=order)
     if not files:
         return []
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -455,13 +468,14 @@ def render(work: Path, res: dict[str, Any]) -> str:
             L.append(f"| {run} | " + ", ".join(f"{st}: {v:.1f}" for st, v in curve) + " |")
     L += ["", "Settings (`settings.json`):", "", "```json", json.dumps(s, indent=2), "```", ""]
 
-    times = read_times(work)
+    rows = times_rows(work)
+    times = sum_times(rows)
     L += ["## Wall time per stage", ""]
     if times:
         L += ["| stage | seconds | attempts | failed |", "|---|---:|---:|---:|"]
         L += [f"| {n} | {sec:.1f} | {k} | {f} |" for n, sec, k, f in times]
         L.append(f"| **total** | {sum(t[1] for t in times):.1f} |  |  |")
-        wall = wall_clock(work)
+        wall = elapsed(rows)
         if wall is not None:
             L += ["", f"Elapsed from the first command's start to the last one's end: {wall:.0f} s "
                   f"({wall / 3600:.2f} h), idle time between invocations included; the sum above counts "

@@ -435,6 +435,14 @@ if (( stage <= 5 && 5 <= stop_stage )); then
     "${RNNT_OPTS[@]}" --init-from "$WORK/exp/pretrain/checkpoints/last.ckpt"
 fi
 
+# read_selection: system 4's run, beta and branch (chosen on dev in stage 7) -> sel_run sel_beta sel_branch
+read_selection() {
+  [[ -f $WORK/selection.json ]] || die "$WORK/selection.json missing: run stage 7 first"
+  local sel
+  sel=$("$python" "$mini_py" select --work "$WORK" --betas "$BETAS" --what show)
+  read -r sel_run sel_beta sel_branch <<< "$sel"
+}
+
 # just_opts STEPS: JUST from scratch: the masking probability and the delayed, ramped beta
 just_opts() {
   rnnt_opts "$1"
@@ -466,9 +474,7 @@ fi
 
 # ----------------------------------------------------------------------------- 8: system 5, JUST fine-tuning
 if (( stage <= 8 && 8 <= stop_stage )); then
-  [[ -f $WORK/selection.json ]] || die "$WORK/selection.json missing: run stage 7 first"
-  sel=$("$python" "$mini_py" select --work "$WORK" --betas "$BETAS" --what show)
-  read -r sel_run sel_beta sel_branch <<< "$sel"
+  read_selection
   echo "=== JUST fine-tuning with system 4's choice: beta $sel_beta, $sel_branch branch (from $sel_run)"
   [[ -f $WORK/exp/pretrain/.done ]] || die "the stage-5 pretrained checkpoint is missing: run stage 5 first"
   rnnt_opts "$ft_steps"
@@ -480,9 +486,7 @@ fi
 
 # ----------------------------------------------------------------------------- 9: decode dev and test
 if (( stage <= 9 && 9 <= stop_stage )); then
-  [[ -f $WORK/selection.json ]] || die "$WORK/selection.json missing: run stage 7 first"
-  sel=$("$python" "$mini_py" select --work "$WORK" --betas "$BETAS" --what show)
-  read -r sel_run sel_beta sel_branch <<< "$sel"
+  read_selection
   for split in dev test; do
     for l in "${langs[@]}"; do decode_run "mono-$l" "$split" "$l"; done
     if (( MONO_SPLIT )); then

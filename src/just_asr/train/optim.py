@@ -157,8 +157,7 @@ def wsd_factor(warmup_steps: int, total_steps: int, decay_fraction: float) -> Ca
     >>> [round(f(s), 2) for s in range(11)]
     [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
     """
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    ramp = warmup_constant_factor(warmup_steps)  # checks warmup_steps
     if total_steps <= 0:
         raise ValueError(f"the wsd schedule needs a positive step budget (trainer.max_steps), got {total_steps}")
     if not 0.0 < decay_fraction <= 1.0:
@@ -167,11 +166,9 @@ def wsd_factor(warmup_steps: int, total_steps: int, decay_fraction: float) -> Ca
     decay_start = total_steps - decay_len
 
     def factor(s: int) -> float:
-        step = s + 1  # the optimiser step this rate is used for
-        ramp = 1.0 if warmup_steps == 0 else min(step / warmup_steps, 1.0)
         if s < decay_start:
-            return ramp
-        return min(ramp, max(0.0, (total_steps - s) / decay_len))
+            return ramp(s)
+        return min(ramp(s), max(0.0, (total_steps - s) / decay_len))
 
     return factor
 
