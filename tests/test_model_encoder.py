@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from just_asr.model.config import EncoderConfig, ModelConfig, load_model_config, save_model_config
-from just_asr.model.conformer import ConformerStack, ConvModule, MaskedBatchNorm1d, RelativeSelfAttention
+from just_asr.model.conformer import (
+    ConformerStack,
+    ConvModule,
+    MaskedBatchNorm1d,
+    RelativeSelfAttention,
+    clipped_relative_gather,
+    relative_position_index,
+)
 from just_asr.model.frontend import ConvSubsampling, StackedProjection
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,6 +257,33 @@ def test_shaw_attention_matches_naive_loop() -> None:
     assert g1.abs().sum() > 0
     # clipping matters: positions beyond +-clip share one embedding
     assert g1.shape == (3 + 2 + 1, 4)
+
+
+@pytest.mark.parametrize(
+    "t,left,right",
+    [(7, 2, 1), (5, 8, 3), (9, 3, 12), (4, 0, 2), (4, 2, 0), (6, 0, 0), (33, 4, 2), (1, 3, 2), (12, 64, 8)],
+)
+def test_clipped_relative_gather_backward_equals_scatter(t: int, left: int, right: int) -> None:
+    """The atomic-free backward (running sums for the clipped slots) gives the gradient of the plain
+    gather, whose backward is a scatter_add: short sequences, clip distances beyond T, zero clips."""
+    g = torch.Generator().manual_seed(t * 100 + left * 10 + right)
+    rel = torch.randn(2, 3, t, left + right + 1, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, t, t, generator=g, dtype=torch.float64)
+    out = clipped_relative_gather(rel, left, right)
+    (grad,) = torch.autograd.grad((out * w).sum(), rel)
+    idx = relative_position_index(t, t, left, right, rel.device)
+    ref_out = rel.gather(-1, idx.expand(2, 3, t, t))
+    (ref,) = torch.autograd.grad((ref_out * w).sum(), rel)
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad, ref, atol=1e-12, rtol=1e-12)
+    # by hand: the first slot collects every key at distance <= -left from its query
+    i = t - 1
+    by_hand = sum(float(w[0, 0, i, j]) for j in range(t) if j - i <= -left)
+    if left + right > 0:
+        assert abs(float(grad[0, 0, i, 0]) - by_hand) < 1e-12
+    if t > 2:
+        assert torch.autograd.gradcheck(lambda r: clipped_relative_gather(r, left, right),
+                                        (rel[:1, :1, :3].detach().clone().requires_grad_(),))
 
 
 def test_no_position_attention_matches_naive_loop() -> None:
