@@ -149,6 +149,39 @@ def test_contrastive_perfect_and_collapsed_cases():
     assert float(loss) == 0.0 and float(acc) == 1.0
 
 
+def test_contrastive_classes_from_code_ids_equal_the_vector_search():
+    """Targets built from a small codebook (so many frames share a vector): passing the code ids as
+    ``classes`` excludes the same distractors as the exact-equality search, so loss, accuracy and
+    both gradients are identical; the model's combined ids for two codebooks behave the same."""
+    from just_asr.model.just import code_classes
+
+    g = torch.Generator().manual_seed(7)
+    B, T, G, V, d = 3, 16, 2, 3, 4
+    ids = torch.randint(0, V, (B, T, G), generator=g)
+    book = torch.randn(G, V, d, generator=g)
+    q = torch.cat([book[gi][ids[..., gi]] for gi in range(G)], dim=-1)  # (B, T, G*d)
+    c = torch.randn(B, T, G * d, generator=g)
+    mask = _mask([list(range(0, 12)), list(range(3, 16)), [1, 2, 5, 9]], T)
+    dis = sample_distractors(mask, 10, torch.Generator().manual_seed(1))
+    classes = code_classes(ids, V)
+    assert classes.shape == (B, T)
+    assert bool(((classes[..., :, None] == classes[..., None, :])
+                 == (ids[..., :, None, :] == ids[..., None, :, :]).all(-1)).all())
+    results = []
+    for cls in (None, classes):
+        cc, qq = c.clone().requires_grad_(), q.clone().requires_grad_()
+        out = contrastive_loss(cc, qq, mask, distractors=dis, classes=cls)
+        out.loss.backward()
+        results.append((out.loss, out.accuracy, cc.grad, qq.grad))
+    # the small codebook does produce exclusions (else this would test nothing)
+    same_code = classes.gather(1, dis.clamp(min=0).flatten(1)).view_as(dis) == classes[..., None]
+    assert bool((same_code & mask[..., None] & (dis >= 0)).any())
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="classes must be"):
+        contrastive_loss(c, q, mask, distractors=dis, classes=classes[:, :5])
+
+
 def test_contrastive_without_eligible_frames_is_zero_and_differentiable():
     c = torch.randn(2, 6, 4, requires_grad=True)
     q = torch.randn(2, 6, 4, requires_grad=True)

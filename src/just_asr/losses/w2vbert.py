@@ -132,6 +132,7 @@ def contrastive_loss(
     generator: torch.Generator | None = None,
     *,
     distractors: Tensor | None = None,
+    classes: Tensor | None = None,
 ) -> ContrastiveOutput:
     """wav2vec 2.0 / w2v-BERT contrastive loss over masked frames.
 
@@ -157,6 +158,10 @@ def contrastive_loss(
         generator: optional RNG (on the inputs' device) for the distractor draw.
         distractors: optional precomputed ``(B, T, K)`` indices from :func:`sample_distractors`
             (keyword only; when given, ``num_distractors`` and ``generator`` are ignored).
+        classes: optional ``(B, T)`` integer ids with equal ids exactly where the quantised vectors
+            of valid frames are equal, e.g. the quantiser's code ids (keyword only). It replaces the
+            search for identical vectors (a sort of all ``B·T`` rows of ``quantized``, the costliest
+            part of this loss on a GPU); distractors with the target's id are excluded.
 
     Returns:
         ``ContrastiveOutput(loss, accuracy)``: float32 scalars (float64 for float64 inputs).
@@ -184,6 +189,8 @@ def contrastive_loss(
         distractors = sample_distractors(mask, num_distractors, generator)
     elif distractors.dim() != 3 or distractors.shape[:2] != (B, T):
         raise ValueError(f"{fn}: distractors must be (B, T, K), got {tuple(distractors.shape)}")
+    if classes is not None and (classes.shape != (B, T) or classes.is_floating_point()):
+        raise ValueError(f"{fn}: classes must be (B, T) integer ids, got {tuple(classes.shape)} {classes.dtype}")
 
     with torch.autocast(device_type=context.device.type, enabled=False):
         c = _float(context)
@@ -202,9 +209,12 @@ def contrastive_loss(
         sim = torch.bmm(cn, qn.transpose(1, 2))
         neg = sim[b_idx[:, None], t_idx[:, None], d_idx]  # (M, K)
         with torch.no_grad():
-            # Exact-equality classes of the quantised vectors: identical vectors share an id.
-            _, code = torch.unique(q.detach().reshape(B * T, D), dim=0, return_inverse=True)
-            code = code.view(B, T)
+            if classes is None:
+                # Exact-equality classes of the quantised vectors: identical vectors share an id.
+                _, code = torch.unique(q.detach().reshape(B * T, D), dim=0, return_inverse=True)
+                code = code.view(B, T)
+            else:
+                code = classes.to(c.device)
             same = code[b_idx[:, None], d_idx] == code[b_idx, t_idx][:, None]  # (M, K)
         neg = neg.masked_fill(same, float("-inf"))
         logits = torch.cat([pos[:, None], neg], dim=1) / kappa  # (M, 1+K)

@@ -195,6 +195,7 @@ class JustOutput:
                 contrastive, c_acc = contrastive_loss(
                     self.context.float(), self.quantized.float(), self.mask, self.latent_lens,
                     num_distractors=self.num_distractors, kappa=self.kappa, generator=generator,
+                    classes=code_classes(self.code_ids, self.mlm_logits.size(-1)),
                 )
                 diversity = diversity_loss(self.code_probs.float())
                 mlm, m_acc = mlm_loss(self.mlm_logits.float(), self.code_ids, self.mask)
@@ -263,6 +264,20 @@ class JustOutput:
             metrics["rnnt_simple_scale"] = torch.tensor(self.rnnt_scales[0], device=device)
             metrics["rnnt_pruned_scale"] = torch.tensor(self.rnnt_scales[1], device=device)
         return self._reduce(per_utt)
+
+
+def code_classes(code_ids: Tensor, codebook_size: int) -> Tensor | None:
+    """One int64 id per frame from the quantiser's ``(B, T', G)`` code ids (``sum_g id_g * V**g``):
+    equal ids exactly where the code vectors are equal, which lets ``contrastive_loss`` exclude
+    distractors identical to the target without searching for identical vectors. ``None`` when
+    ``V**G`` would overflow int64 (the loss then searches)."""
+    g = code_ids.size(-1)
+    if codebook_size ** g >= 2**62:
+        return None
+    if g == 1:
+        return code_ids[..., 0]
+    base = codebook_size ** torch.arange(g, device=code_ids.device, dtype=torch.int64)
+    return (code_ids.to(torch.int64) * base).sum(-1)
 
 
 def scale_residual_branches(stack: nn.Module, scale: float) -> int:
