@@ -1,4 +1,4 @@
-"""Benchmark: training throughput of a full JUST training step on CPU (audio-seconds per second).
+"""Benchmark: training throughput of a full JUST training step on CPU, or on a CUDA GPU (audio-seconds per second).
 
 Run (from the repository root)::
 
@@ -64,6 +64,26 @@ their steps: median wall and CPU ms per step and the speed-up. ``--compare-adamw
 torch's per-parameter for-loop AdamW against the project's (fused) one.
 
 On a shared machine only ratios within one run are solid; report medians of several repeats.
+
+On a GPU (``--device cuda``; nothing else in the project needs one)::
+
+    python benchmarks/train_step.py --device cuda --presets w2v-bert-xl --only bf16 \\
+        --batch 16 --seconds 15 --repeats 10 --warmup 3
+
+runs the same steps on the GPU (model, optimiser and batch there; ``torch.autocast('cuda', bfloat16)``
+for bf16; TF32 off, so fp32 is fp32) and reports per config: median ms/step (each timed step
+synchronised before and after), audio-seconds per second, text tokens per second (target tokens in
+the batch / step time), encoder frames per second (after the 4x subsampling), TFLOP/s from the same
+``FlopCounterMode`` count, **MFU** against both the datasheet dense bf16 peak (``--peak-tflops``, or
+looked up in ``GPU_BF16_PEAK_TFLOPS`` by device name) and a ``--roof-size`` (default 8192) square
+``torch.mm`` measured on the GPU right after the config, and the peak GPU memory
+(``torch.cuda.max_memory_allocated``, model + AdamW state + activations), and the main thread's CPU
+time per step (close to the step time means the host, launching kernels one by one, is the
+bottleneck, not the GPU). ``--compile`` runs each conformer block through ``torch.compile`` first
+(``--compile-static`` without dynamic shapes); the first step, which compiles, is timed apart and shown
+in the ``compiled`` column. ``--profile`` there ranks
+ops by the GPU time of the kernels they launched. The ``w2v-bert-xl`` preset (the paper-size model,
+about 0.6B parameters) is meant for this mode; on the CPU it is selectable but slow.
 """
 
 from __future__ import annotations
@@ -84,7 +104,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SHIFT_S = 0.01
-VOCAB = {"tiny": 256, "base": 1024}
+VOCAB = {"tiny": 256, "base": 1024, "w2v-bert-xl": 1024}
+# Datasheet dense bf16 tensor-core peaks (TFLOP/s, without sparsity), matched against
+# torch.cuda.get_device_name(); the MFU figure is also given against the matmul measured in the run.
+GPU_BF16_PEAK_TFLOPS = (("H200", 989.4), ("H100 80GB HBM3", 989.4), ("H100 SXM", 989.4), ("H100 NVL", 835.0),
+                        ("H100 PCIe", 756.0), ("A100", 312.0), ("L4", 121.0))
 PRECISIONS = ("fp32", "bf16")
 RNNTS = ("full", "pruned")
 OBJECTIVES = ("just", "supervised")
@@ -170,7 +194,7 @@ def import_package_copy(src_dir: str, name: str = "just_asr_before"):
 
 
 def build(preset: str, rnnt: str, objective: str, seed: int = 0, adamw: str = "default", model_pkg=None,
-          branch: str = "masked"):
+          branch: str = "masked", device: str = "cpu"):
     """``(model, optimizer, cfg)`` for one config; the model is in train mode. ``adamw``: ``default``
     (``build_optimizer``'s choice: fused on CPU), ``fused`` or ``for-loop`` (forced).
     ``model_pkg``: a ``just_asr.model`` package to build from (default: this checkout's)."""
@@ -192,7 +216,7 @@ def build(preset: str, rnnt: str, objective: str, seed: int = 0, adamw: str = "d
     if objective == "supervised":
         cfg = replace(cfg, loss=replace(cfg.loss, ssl=0.0))
     torch.manual_seed(seed)
-    model = JustModel(cfg, VOCAB[preset])
+    model = JustModel(cfg, VOCAB[preset]).to(device)
     model.train()
     model.set_step(10**9)  # past the pruned loss's warm-up
     groups = param_groups(model, 1e-4, None, 1e-3)
@@ -210,9 +234,16 @@ def _scope(name: str, on: bool) -> Iterator[None]:
         yield
 
 
+def _autocast(batch: dict[str, torch.Tensor], precision: str):
+    """bf16 autocast on the batch's device (what Lightning's ``bf16-mixed`` enters), else nothing."""
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(batch["features"].device.type, dtype=torch.bfloat16)
+
+
 def train_step(model, opt, batch: dict[str, torch.Tensor], precision: str, scopes: bool = False) -> float:
-    """One full training step; returns the loss (a float, which also synchronises)."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    """One full training step; returns the loss (a float, which also synchronises a GPU)."""
+    ctx = _autocast(batch, precision)
     with _scope("step/forward+loss", scopes), ctx:
         out = model(batch["features"], batch["feature_lens"], batch["targets"], batch["target_lens"],
                     batch["has_text"], supervised_features=batch.get("supervised_features"))
@@ -232,7 +263,7 @@ def count_flops(model, batch: dict[str, torch.Tensor], precision: str) -> float:
     """FLOPs of one forward + backward (``FlopCounterMode``); gradients are discarded."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    ctx = _autocast(batch, precision)
     counter = FlopCounterMode(display=False)
     with counter:
         with ctx:
@@ -244,18 +275,26 @@ def count_flops(model, batch: dict[str, torch.Tensor], precision: str) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_roof(size: int, dtype: torch.dtype, calls: int = 20) -> tuple[float, float]:
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_roof(size: int, dtype: torch.dtype, calls: int = 20, device: str = "cpu") -> tuple[float, float]:
     """FLOP/s of ``torch.mm`` on two ``(size, size)`` matrices of ``dtype``: ``(by wall time, by CPU
-    time)``, each from the median of ``calls`` calls."""
+    time)``, each from the median of ``calls`` calls (on a GPU each call is synchronised; its CPU-time
+    figure means nothing there)."""
     g = torch.Generator().manual_seed(1)
-    a = torch.randn(size, size, generator=g).to(dtype)
-    b = torch.randn(size, size, generator=g).to(dtype)
+    a = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=g).to(device=device, dtype=dtype)
     for _ in range(3):
         torch.mm(a, b)
+    _sync(device)
     wall, cpu = [], []
     for _ in range(calls):
         t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(a, b)
+        _sync(device)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     flop = 2.0 * size**3
@@ -301,10 +340,12 @@ def profile_step(model, opt, batch: dict[str, torch.Tensor], precision: str, top
     """Markdown: top ops by self CPU time of one step, and each scope's share of the step."""
     from torch.profiler import ProfilerActivity, profile
 
+    on_gpu = batch["features"].is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     handles = _wrap_modules(model)
     try:
         train_step(model, opt, batch, precision, scopes=True)  # warm
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             t0 = time.perf_counter()
             train_step(model, opt, batch, precision, scopes=True)
             wall = time.perf_counter() - t0
@@ -312,20 +353,34 @@ def profile_step(model, opt, batch: dict[str, torch.Tensor], precision: str, top
         for h in handles:
             h.remove()
     events = prof.key_averages()
-    total_self = sum(e.self_cpu_time_total for e in events)
-    lines = [f"Top {top} ops by self CPU time (one profiled step, {wall * 1e3:.0f} ms under the profiler; "
-             f"self time summed over ops = {total_self / 1e3:.0f} ms):", "",
-             "| op | self CPU ms | % | calls |", "|---|---:|---:|---:|"]
-    ops = sorted((e for e in events if not e.key.startswith(("fwd/", "step/"))),
-                 key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    # on a GPU the ops are ranked by the device (kernel) time they launched, else by CPU time
+    what = "GPU" if on_gpu else "CPU"
+
+    def self_time(e) -> float:
+        return float(getattr(e, "self_device_time_total", 0.0) if on_gpu else e.self_cpu_time_total)
+
+    total_self = sum(self_time(e) for e in events
+                     if not on_gpu or str(getattr(e, "device_type", "")).endswith("CPU"))
+    lines = [f"Top {top} ops by self {what} time (one profiled step, {wall * 1e3:.0f} ms wall under the profiler; "
+             f"self {what} time summed over ops = {total_self / 1e3:.0f} ms):", "",
+             f"| op | self {what} ms | % | calls |", "|---|---:|---:|---:|"]
+    # on a GPU the kernels themselves are events too; rank the ops that launched them (no double count)
+    candidates = [e for e in events if not e.key.startswith(("fwd/", "step/"))
+                  and (not on_gpu or str(getattr(e, "device_type", "")).endswith("CPU"))]
+    ops = sorted(candidates, key=self_time, reverse=True)[:top]
     for e in ops:
-        lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 1e3:.1f} | "
-                     f"{100 * e.self_cpu_time_total / max(total_self, 1):.1f} | {e.count} |")
-    lines += ["", "Scopes (inclusive CPU time; forward scopes exclude their backward, which is inside "
+        lines.append(f"| `{e.key}` | {self_time(e) / 1e3:.1f} | {100 * self_time(e) / max(total_self, 1):.1f} | "
+                     f"{e.count} |")
+    def incl(e) -> float:
+        return float(getattr(e, "device_time_total", 0.0) if on_gpu else e.cpu_time_total)
+
+    note = (" of the kernels launched inside each scope; kernels that autograd launches from its own "
+            "thread may be missing from `step/backward`" if on_gpu else "")
+    lines += ["", f"Scopes (inclusive {what} time{note}; forward scopes exclude their backward, which is inside "
               "`step/backward`):", "", "| scope | ms | % of step |", "|---|---:|---:|"]
-    step_total = sum(e.cpu_time_total for e in events if e.key.startswith("step/"))
+    step_total = sum(incl(e) for e in events if e.key.startswith("step/"))
     for e in sorted((e for e in events if e.key.startswith(("fwd/", "step/"))), key=lambda e: e.key):
-        lines.append(f"| {e.key} | {e.cpu_time_total / 1e3:.1f} | {100 * e.cpu_time_total / max(step_total, 1):.1f} |")
+        lines.append(f"| {e.key} | {incl(e) / 1e3:.1f} | {100 * incl(e) / max(step_total, 1):.1f} |")
     return "\n".join(lines)
 
 
@@ -410,7 +465,7 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
         for model, opt, _ in pair:
             for _ in range(args.warmup):
                 train_step(model, opt, batch, precision)
-        reps = args.base_repeats if (preset == "base" and args.base_repeats) else args.repeats
+        reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
         wall: list[list[float]] = [[], []]
         cpu: list[list[float]] = [[], []]
         for _ in range(reps):
@@ -424,6 +479,111 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
         print(f"| {preset} | {precision} | {rnnt} | {objective} | {w[0]:.0f} ({c[0]:.0f}) | {w[1]:.0f} ({c[1]:.0f}) | "
               f"{w[0] / w[1]:.2f}x | {c[0] / c[1]:.2f}x | {audio / (w[1] / 1e3):.0f} | {reps} |", flush=True)
         del pair
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+
+
+def gpu_peak_tflops(name: str) -> tuple[float, str] | None:
+    """The datasheet dense bf16 peak for a GPU named ``name``, and the table entry it matched."""
+    for key, tflops in GPU_BF16_PEAK_TFLOPS:
+        if key.lower() in name.lower():
+            return tflops, key
+    return None
+
+
+def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], device: torch.device) -> int:
+    """The throughput table on a CUDA GPU: audio-seconds and tokens per second, TFLOP/s, MFU against
+    both the bf16 matmul measured in this process and the datasheet peak, and peak GPU memory."""
+    import just_asr
+
+    name = torch.cuda.get_device_name(device)
+    props = torch.cuda.get_device_properties(device)
+    peak = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else gpu_peak_tflops(name)
+    size = args.roof_size or 8192
+    print(f"machine: {name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB), "
+          f"host {cpu_model_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}, CUDA {torch.version.cuda}; "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"just_asr from {Path(just_asr.__file__).parent}")
+    print(f"matmul roof: torch.mm ({size}x{size}) @ ({size}x{size}) in the config's dtype on the GPU, measured right "
+          f"after each config's timed steps; datasheet dense bf16 peak: "
+          f"{f'{peak[0]:.0f} TFLOP/s ({peak[1]})' if peak else 'unknown (pass --peak-tflops)'}")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (Lightning's 32-true leaves TF32 off)
+    batches = {}
+    for preset in args.presets:
+        b = make_batch(args.batch, args.seconds, VOCAB[preset], args.spec_augment)
+        audio = float(b["feature_lens"].sum()) * FRAME_SHIFT_S
+        print(f"batch ({preset}): B={args.batch}, T_max={b['features'].size(1)} frames, U_max={b['targets'].size(1)}, "
+              f"{int(b['target_lens'].sum())} target tokens, {audio:.1f} audio-s, vocab {VOCAB[preset]}, "
+              f"spec_augment copy: {'yes' if args.spec_augment else 'no'}")
+        batches[preset] = {k: v.to(device) for k, v in b.items()}
+    print()
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rows, profiles = [], []
+    for preset, precision, rnnt, objective in configs:
+        batch = batches[preset]
+        audio = float(batch["feature_lens"].sum()) * FRAME_SHIFT_S
+        tokens = int(batch["target_lens"].sum())
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch, device=str(device))
+        n_params = sum(q.numel() for q in model.parameters())
+        flops = count_flops(model, batch, precision)
+        compile_s = float("nan")
+        if args.compile:  # each conformer block through torch.compile; the first step compiles
+            for stack in (model.contrastive_stack, model.mlm_stack):
+                for block in stack.layers:
+                    block.compile(dynamic=not args.compile_static)
+            t0 = time.perf_counter()
+            train_step(model, opt, batch, precision)
+            compile_s = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            train_step(model, opt, batch, precision)
+        reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
+        times, host = [], []
+        for _ in range(reps):
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            train_step(model, opt, batch, precision)  # float(loss) waits for the step's kernels
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            host.append(time.thread_time() - c0)
+        med = statistics.median(times)
+        mem = torch.cuda.max_memory_allocated(device) / 2**30
+        roof, _ = matmul_roof(size, dtypes[precision], device=str(device))
+        achieved = flops / med
+        enc_frames = int((((batch["feature_lens"] - 1) // 2 - 1) // 2).clamp(min=1).sum())
+        row = dict(preset=preset, precision=precision, rnnt=rnnt, objective=objective, params=n_params / 1e6,
+                   compile_s=compile_s,
+                   ms=med * 1e3, min=min(times) * 1e3, rt=audio / med, tok=tokens / med, frames=enc_frames / med,
+                   gflop=flops / 1e9, tflops=achieved / 1e12, roof=roof / 1e12, mfu_roof=100 * achieved / roof,
+                   mfu_peak=100 * achieved / (peak[0] * 1e12) if peak else float("nan"), mem=mem, reps=reps,
+                   host=statistics.median(host) * 1e3)
+        rows.append(row)
+        print(f"  {preset} {precision} {rnnt} {objective}: {row['ms']:.1f} ms/step (min {row['min']:.1f}), "
+              f"{row['rt']:.0f} audio-s/s, {row['tok']:.0f} tokens/s, {row['tflops']:.1f} TFLOP/s, "
+              f"MFU {row['mfu_peak']:.1f}% of the datasheet peak / {row['mfu_roof']:.1f}% of the measured matmul, "
+              f"peak memory {mem:.1f} GiB"
+              + (f", first (compiling) step {compile_s:.0f} s" if args.compile else ""), flush=True)
+        if args.profile:
+            profiles.append((f"{preset} {precision} {rnnt} {objective}",
+                             profile_step(model, opt, batch, precision, args.top)))
+        del model, opt
+    print()
+    print("| preset | params (M) | precision | RNN-T | objective | compiled | ms/step (median) | min | audio-s/s | "
+          "text tokens/s | encoder frames/s | GFLOP/step | TFLOP/s | matmul roof TFLOP/s | MFU % (datasheet) | "
+          "MFU % (measured roof) | peak GPU GiB | host CPU ms/step | repeats |")
+    print("|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        compiled = f"yes ({r['compile_s']:.0f} s)" if args.compile else "no"
+        print(f"| {r['preset']} | {r['params']:.0f} | {r['precision']} | {r['rnnt']} | {r['objective']} | {compiled} | "
+              f"{r['ms']:.1f} | {r['min']:.1f} | {r['rt']:.0f} | {r['tok']:.0f} | {r['frames']:.0f} | "
+              f"{r['gflop']:.0f} | {r['tflops']:.1f} | {r['roof']:.0f} | {r['mfu_peak']:.1f} | {r['mfu_roof']:.1f} | "
+              f"{r['mem']:.1f} | {r['host']:.0f} | {r['reps']} |")
+    for label, text in profiles:
+        print(f"\n### Profile: {label}\n\n{text}")
     return 0
 
 
@@ -456,9 +616,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="carry a supervised_features copy (as with data.spec_augment)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--base-repeats", type=int, default=None, help="repeats for the base preset (default --repeats)")
+    p.add_argument("--base-repeats", type=int, default=None, help="repeats for presets other than tiny (default --repeats)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--roof-size", type=int, default=1024)
+    p.add_argument("--roof-size", type=int, default=None,
+                   help="side of the square matmul that measures the roof (default 1024 on CPU, 8192 on a GPU)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]: run the steps on that GPU (see 'On a GPU' in the docstring)")
+    p.add_argument("--compile", action="store_true",
+                   help="GPU: run every conformer block through torch.compile(dynamic=True) (the first step, "
+                        "which compiles, is timed apart)")
+    p.add_argument("--compile-static", action="store_true",
+                   help="with --compile: dynamic=False (one graph per shape; the benchmark's batch never changes)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="GPU: the datasheet dense bf16 peak for the MFU column (default: looked up by device name)")
     p.add_argument("--profile", action="store_true", help="print the top ops and per-part shares per config")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--rnnt-branch", choices=("masked", "unmasked"), default="masked",
@@ -497,6 +667,17 @@ def main(argv: list[str] | None = None) -> int:
     configs = _selected(args)
     if not configs:
         p.error(f"--only {args.only!r} selects no config")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+        if args.compare_src or args.compare_adamw:
+            p.error("--compare-src/--compare-adamw run on the CPU only")
+        return run_gpu(args, configs, device)
+    if device.type != "cpu":
+        p.error(f"--device {args.device}: only cpu and cuda[:N] are supported")
+    if args.roof_size is None:
+        args.roof_size = 1024
     if args.compare_src or args.compare_adamw:
         return run_compare(args, configs)
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -524,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
         flops = count_flops(model, batch, precision)
         for _ in range(args.warmup):
             train_step(model, opt, batch, precision)
-        reps = args.base_repeats if (preset == "base" and args.base_repeats) else args.repeats
+        reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
         times, cpu = [], []
         for _ in range(reps):
             t0, c0 = time.perf_counter(), time.process_time()
