@@ -161,6 +161,7 @@ def run_trained(
     max_symbols_per_frame: int = DEFAULT_MAX_SYMBOLS_PER_FRAME,
     device: str = "cpu",
     length_norm: bool = False,
+    encoder_dtype: str = "float32",
 ) -> TrainedBenchmark:
     """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``
     (``length_norm``: beam searches rank by score per unit, as ``just-asr decode --length-norm``).
@@ -223,10 +224,19 @@ def run_trained(
     audio = sum(float(b.lens.sum()) for b in batches) / FRAMES_PER_SECOND
 
     # 2. encoder: warm up on one batch, then every batch per repeat
+    if encoder_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--encoder-dtype must be float32 or bfloat16, got {encoder_dtype!r}")
+
+    def encode(b: Batch) -> tuple[Tensor, Tensor]:
+        if encoder_dtype == "float32":
+            return model.encode(b.features, b.lens)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):  # the search stays float32
+            enc, enc_lens = model.encode(b.features, b.lens)
+        return enc.float(), enc_lens
+
     with torch.no_grad():
-        model.encode(batches[0].features, batches[0].lens)
-        t_enc, enc_runs, encoded = _median_timed(
-            lambda: [model.encode(b.features, b.lens) for b in batches], repeats, device)
+        encode(batches[0])
+        t_enc, enc_runs, encoded = _median_timed(lambda: [encode(b) for b in batches], repeats, device)
 
     # 3. searches on the stored encoder output
     scored_ids = sorted(i for b in batches for i in b.cut_ids if has_ref[i])
@@ -385,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--length-norm", action="store_true",
                    help="trained-model mode: beam searches rank by score per unit (as the demo decodes)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--encoder-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="trained-model mode: run the encoder under bf16 autocast (the search stays float32)")
     p.add_argument("--seed", type=int, default=0, help="random-model mode")
     args = p.parse_args(argv)
 
@@ -413,12 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.cuts, beams=beams, repeats=args.repeats, max_utts_per_lang=args.max_utts_per_lang,
             max_duration=args.max_duration, device=args.device,
             max_symbols_per_frame=args.max_symbols_per_frame, length_norm=args.length_norm,
+            encoder_dtype=args.encoder_dtype,
         )
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"model {args.model}; threads {args.threads}; device {args.device}; "
-          f"max symbols per frame {args.max_symbols_per_frame}")
+          f"max symbols per frame {args.max_symbols_per_frame}; encoder {args.encoder_dtype}")
     print(format_trained(res), end="")
     return 0 if res.beam1_ok else 1
 
