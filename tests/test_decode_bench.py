@@ -123,6 +123,28 @@ def test_trained_mode_values(bench, setup):
     assert greedy.wer == pytest.approx((greedy.wer_by_lang["en"] + greedy.wer_by_lang["pl"]) / 2)
 
 
+def test_bf16_encoder_mode(bench, setup, monkeypatch):
+    """--encoder-dtype bfloat16: the encoder runs under bf16 autocast (seen by a hook), its output
+    reaches the search as float32, and a wrong dtype name is refused."""
+    from just_asr.model import JustModel
+
+    model_dir, manifests = setup
+    seen: list[tuple[torch.dtype | None, bool]] = []
+    real_encode = JustModel.encode
+
+    def spy(self, features, lens):
+        enc, enc_lens = real_encode(self, features, lens)
+        seen.append((enc.dtype, torch.is_autocast_enabled("cpu")))
+        return enc, enc_lens
+
+    monkeypatch.setattr(JustModel, "encode", spy)
+    res = bench.run_trained(model_dir, manifests, beams=[1], repeats=1, encoder_dtype="bfloat16")
+    assert seen and all(on for _, on in seen) and {d for d, _ in seen} == {torch.bfloat16}
+    assert res.beam1_mismatches == 0 and res.methods[0].wer is not None
+    with pytest.raises(ValueError, match="encoder-dtype"):
+        bench.run_trained(model_dir, manifests, beams=[1], repeats=1, encoder_dtype="float16")
+
+
 def test_max_utts_per_lang_and_errors(bench, setup, tmp_path, capsys):
     model_dir, manifests = setup
     res = bench.run_trained(model_dir, manifests, beams=[1], repeats=1, max_utts_per_lang=1)
