@@ -48,6 +48,9 @@ Reported per config (all in this one process, ``torch.set_num_threads(--threads)
   (GFLOP/step / CPU s per step over the matmul's GFLOP per CPU second): on a shared machine this
   is the steadier of the two, since neither side is charged for time spent waiting for a core.
 
+``--compile`` runs every conformer block through ``torch.compile`` (``dynamic=True``; ``--compile-static``
+for one graph per shape) before the timed steps; the first step, which compiles, is timed apart.
+
 ``--profile`` prints, per config, the top ops by self CPU time of one step (``torch.profiler``),
 plus the share of the step's time in each model part (front end, contrastive stack, MLM stack,
 predictor/joiner/loss, optimiser) measured with ``record_function`` scopes.
@@ -71,17 +74,16 @@ On a GPU (``--device cuda``; nothing else in the project needs one)::
         --batch 16 --seconds 15 --repeats 10 --warmup 3
 
 runs the same steps on the GPU (model, optimiser and batch there; ``torch.autocast('cuda', bfloat16)``
-for bf16; TF32 off, so fp32 is fp32) and reports per config: median ms/step (each timed step
+for bf16; TF32 off in matmuls and cuDNN convolutions, so fp32 is fp32) and reports per config: median ms/step (each timed step
 synchronised before and after), audio-seconds per second, text tokens per second (target tokens in
 the batch / step time), encoder frames per second (after the 4x subsampling), TFLOP/s from the same
 ``FlopCounterMode`` count, **MFU** against both the datasheet dense bf16 peak (``--peak-tflops``, or
 looked up in ``GPU_BF16_PEAK_TFLOPS`` by device name) and a ``--roof-size`` (default 8192) square
 ``torch.mm`` measured on the GPU right after the config, and the peak GPU memory
-(``torch.cuda.max_memory_allocated``, model + AdamW state + activations), and the main thread's CPU
-time per step (close to the step time means the host, launching kernels one by one, is the
-bottleneck, not the GPU). ``--compile`` runs each conformer block through ``torch.compile`` first
-(``--compile-static`` without dynamic shapes); the first step, which compiles, is timed apart and shown
-in the ``compiled`` column. ``--profile`` there ranks
+(``torch.cuda.max_memory_allocated``, model + AdamW state + activations). Whether the GPU or the host
+(launching kernels one by one) bounds a step shows in ``--profile``: the kernels' summed time against
+the step's wall time. The datasheet MFU is given for bf16 rows only (the peak is a bf16 figure).
+``--compile`` works there too (the first step's time in the ``compiled`` column). ``--profile`` there ranks
 ops by the GPU time of the kernels they launched. The ``w2v-bert-xl`` preset (the paper-size model,
 about 0.6B parameters) is meant for this mode; on the CPU it is selectable but slow.
 """
@@ -108,7 +110,7 @@ VOCAB = {"tiny": 256, "base": 1024, "w2v-bert-xl": 1024}
 # Datasheet dense bf16 tensor-core peaks (TFLOP/s, without sparsity), matched against
 # torch.cuda.get_device_name(); the MFU figure is also given against the matmul measured in the run.
 GPU_BF16_PEAK_TFLOPS = (("H200", 989.4), ("H100 80GB HBM3", 989.4), ("H100 SXM", 989.4), ("H100 NVL", 835.0),
-                        ("H100 PCIe", 756.0), ("A100", 312.0), ("L4", 121.0))
+                        ("H100 PCIe", 756.0), ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0))
 PRECISIONS = ("fp32", "bf16")
 RNNTS = ("full", "pruned")
 OBJECTIVES = ("just", "supervised")
@@ -259,6 +261,19 @@ def train_step(model, opt, batch: dict[str, torch.Tensor], precision: str, scope
     return value
 
 
+def compile_blocks(model, opt, batch: dict[str, torch.Tensor], precision: str, args: argparse.Namespace) -> float:
+    """With ``--compile``: every conformer block through ``torch.compile`` (``dynamic`` unless
+    ``--compile-static``), then one step, which compiles; returns its seconds (NaN without ``--compile``)."""
+    if not args.compile:
+        return float("nan")
+    for stack in (model.contrastive_stack, model.mlm_stack):
+        for block in stack.layers:
+            block.compile(dynamic=not args.compile_static)
+    t0 = time.perf_counter()
+    train_step(model, opt, batch, precision)
+    return time.perf_counter() - t0
+
+
 def count_flops(model, batch: dict[str, torch.Tensor], precision: str) -> float:
     """FLOPs of one forward + backward (``FlopCounterMode``); gradients are discarded."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -336,6 +351,13 @@ def _wrap_modules(model) -> list:
     return handles
 
 
+def _host_event(e, on_gpu: bool) -> bool:
+    """Whether a profiler event is an op or scope recorded on the host. On a GPU the kernels are events
+    too, and each ``record_function`` scope is also recorded as a GPU annotation spanning its kernels
+    (idle gaps included): counting those as well would count the same time twice."""
+    return not on_gpu or str(getattr(e, "device_type", "")).endswith("CPU")
+
+
 def profile_step(model, opt, batch: dict[str, torch.Tensor], precision: str, top: int) -> str:
     """Markdown: top ops by self CPU time of one step, and each scope's share of the step."""
     from torch.profiler import ProfilerActivity, profile
@@ -359,14 +381,12 @@ def profile_step(model, opt, batch: dict[str, torch.Tensor], precision: str, top
     def self_time(e) -> float:
         return float(getattr(e, "self_device_time_total", 0.0) if on_gpu else e.self_cpu_time_total)
 
-    total_self = sum(self_time(e) for e in events
-                     if not on_gpu or str(getattr(e, "device_type", "")).endswith("CPU"))
+    total_self = sum(self_time(e) for e in events if _host_event(e, on_gpu))
     lines = [f"Top {top} ops by self {what} time (one profiled step, {wall * 1e3:.0f} ms wall under the profiler; "
              f"self {what} time summed over ops = {total_self / 1e3:.0f} ms):", "",
              f"| op | self {what} ms | % | calls |", "|---|---:|---:|---:|"]
     # on a GPU the kernels themselves are events too; rank the ops that launched them (no double count)
-    candidates = [e for e in events if not e.key.startswith(("fwd/", "step/"))
-                  and (not on_gpu or str(getattr(e, "device_type", "")).endswith("CPU"))]
+    candidates = [e for e in events if not e.key.startswith(("fwd/", "step/")) and _host_event(e, on_gpu)]
     ops = sorted(candidates, key=self_time, reverse=True)[:top]
     for e in ops:
         lines.append(f"| `{e.key}` | {self_time(e) / 1e3:.1f} | {100 * self_time(e) / max(total_self, 1):.1f} | "
@@ -374,12 +394,13 @@ def profile_step(model, opt, batch: dict[str, torch.Tensor], precision: str, top
     def incl(e) -> float:
         return float(getattr(e, "device_time_total", 0.0) if on_gpu else e.cpu_time_total)
 
-    note = (" of the kernels launched inside each scope; kernels that autograd launches from its own "
-            "thread may be missing from `step/backward`" if on_gpu else "")
+    note = (" of the kernels launched inside each scope; the kernels that autograd launches from its own "
+            "thread are missing from `step/backward`" if on_gpu else "")
     lines += ["", f"Scopes (inclusive {what} time{note}; forward scopes exclude their backward, which is inside "
               "`step/backward`):", "", "| scope | ms | % of step |", "|---|---:|---:|"]
-    step_total = sum(incl(e) for e in events if e.key.startswith("step/"))
-    for e in sorted((e for e in events if e.key.startswith(("fwd/", "step/"))), key=lambda e: e.key):
+    scopes = [e for e in events if e.key.startswith(("fwd/", "step/")) and _host_event(e, on_gpu)]
+    step_total = sum(incl(e) for e in scopes if e.key.startswith("step/"))
+    for e in sorted(scopes, key=lambda e: e.key):
         lines.append(f"| {e.key} | {incl(e) / 1e3:.1f} | {100 * incl(e) / max(step_total, 1):.1f} |")
     return "\n".join(lines)
 
@@ -487,8 +508,10 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
 
 def gpu_peak_tflops(name: str) -> tuple[float, str] | None:
     """The datasheet dense bf16 peak for a GPU named ``name``, and the table entry it matched."""
-    for key, tflops in GPU_BF16_PEAK_TFLOPS:
-        if key.lower() in name.lower():
+    import re
+
+    for key, tflops in GPU_BF16_PEAK_TFLOPS:  # whole words: "L4" must not match "L40S"
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name, flags=re.IGNORECASE):
             return tflops, key
     return None
 
@@ -510,7 +533,9 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
     print(f"matmul roof: torch.mm ({size}x{size}) @ ({size}x{size}) in the config's dtype on the GPU, measured right "
           f"after each config's timed steps; datasheet dense bf16 peak: "
           f"{f'{peak[0]:.0f} TFLOP/s ({peak[1]})' if peak else 'unknown (pass --peak-tflops)'}")
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (Lightning's 32-true leaves TF32 off)
+    # fp32 means fp32: no TF32 in matmuls or cuDNN convolutions
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     batches = {}
     for preset in args.presets:
         b = make_batch(args.batch, args.seconds, VOCAB[preset], args.spec_augment)
@@ -531,25 +556,17 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
         model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch, device=str(device))
         n_params = sum(q.numel() for q in model.parameters())
         flops = count_flops(model, batch, precision)
-        compile_s = float("nan")
-        if args.compile:  # each conformer block through torch.compile; the first step compiles
-            for stack in (model.contrastive_stack, model.mlm_stack):
-                for block in stack.layers:
-                    block.compile(dynamic=not args.compile_static)
-            t0 = time.perf_counter()
-            train_step(model, opt, batch, precision)
-            compile_s = time.perf_counter() - t0
+        compile_s = compile_blocks(model, opt, batch, precision, args)
         for _ in range(args.warmup):
             train_step(model, opt, batch, precision)
         reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
-        times, host = [], []
+        times = []
         for _ in range(reps):
             _sync(device)
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0 = time.perf_counter()
             train_step(model, opt, batch, precision)  # float(loss) waits for the step's kernels
             _sync(device)
             times.append(time.perf_counter() - t0)
-            host.append(time.thread_time() - c0)
         med = statistics.median(times)
         mem = torch.cuda.max_memory_allocated(device) / 2**30
         roof, _ = matmul_roof(size, dtypes[precision], device=str(device))
@@ -559,8 +576,8 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
                    compile_s=compile_s,
                    ms=med * 1e3, min=min(times) * 1e3, rt=audio / med, tok=tokens / med, frames=enc_frames / med,
                    gflop=flops / 1e9, tflops=achieved / 1e12, roof=roof / 1e12, mfu_roof=100 * achieved / roof,
-                   mfu_peak=100 * achieved / (peak[0] * 1e12) if peak else float("nan"), mem=mem, reps=reps,
-                   host=statistics.median(host) * 1e3)
+                   mfu_peak=100 * achieved / (peak[0] * 1e12) if peak and precision == "bf16" else float("nan"),
+                   mem=mem, reps=reps)
         rows.append(row)
         print(f"  {preset} {precision} {rnnt} {objective}: {row['ms']:.1f} ms/step (min {row['min']:.1f}), "
               f"{row['rt']:.0f} audio-s/s, {row['tok']:.0f} tokens/s, {row['tflops']:.1f} TFLOP/s, "
@@ -574,14 +591,14 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
     print()
     print("| preset | params (M) | precision | RNN-T | objective | compiled | ms/step (median) | min | audio-s/s | "
           "text tokens/s | encoder frames/s | GFLOP/step | TFLOP/s | matmul roof TFLOP/s | MFU % (datasheet) | "
-          "MFU % (measured roof) | peak GPU GiB | host CPU ms/step | repeats |")
-    print("|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "MFU % (measured roof) | peak GPU GiB | repeats |")
+    print("|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         compiled = f"yes ({r['compile_s']:.0f} s)" if args.compile else "no"
         print(f"| {r['preset']} | {r['params']:.0f} | {r['precision']} | {r['rnnt']} | {r['objective']} | {compiled} | "
               f"{r['ms']:.1f} | {r['min']:.1f} | {r['rt']:.0f} | {r['tok']:.0f} | {r['frames']:.0f} | "
               f"{r['gflop']:.0f} | {r['tflops']:.1f} | {r['roof']:.0f} | {r['mfu_peak']:.1f} | {r['mfu_roof']:.1f} | "
-              f"{r['mem']:.1f} | {r['host']:.0f} | {r['reps']} |")
+              f"{r['mem']:.1f} | {r['reps']} |")
     for label, text in profiles:
         print(f"\n### Profile: {label}\n\n{text}")
     return 0
@@ -623,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu",
                    help="cpu (default) or cuda[:N]: run the steps on that GPU (see 'On a GPU' in the docstring)")
     p.add_argument("--compile", action="store_true",
-                   help="GPU: run every conformer block through torch.compile(dynamic=True) (the first step, "
+                   help="run every conformer block through torch.compile(dynamic=True) (the first step, "
                         "which compiles, is timed apart)")
     p.add_argument("--compile-static", action="store_true",
                    help="with --compile: dynamic=False (one graph per shape; the benchmark's batch never changes)")
@@ -667,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = _selected(args)
     if not configs:
         p.error(f"--only {args.only!r} selects no config")
+    if args.compile_static and not args.compile:
+        p.error("--compile-static needs --compile")
     device = torch.device(args.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -676,6 +695,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_gpu(args, configs, device)
     if device.type != "cpu":
         p.error(f"--device {args.device}: only cpu and cuda[:N] are supported")
+    if args.peak_tflops is not None:
+        p.error("--peak-tflops is for --device cuda (the CPU figures use the measured matmul roof)")
+    if args.compile and (args.compare_src or args.compare_adamw or args.profile):
+        p.error("--compile does not combine with --compare-src/--compare-adamw/--profile")
     if args.roof_size is None:
         args.roof_size = 1024
     if args.compare_src or args.compare_adamw:
@@ -703,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
         batch = batches[preset]
         audio = float(batch["feature_lens"].sum()) * FRAME_SHIFT_S
         flops = count_flops(model, batch, precision)
+        compile_s = compile_blocks(model, opt, batch, precision, args)
+        if args.compile:
+            print(f"  {preset} {precision} {rnnt} {objective}: first (compiling) step {compile_s:.0f} s", flush=True)
         for _ in range(args.warmup):
             train_step(model, opt, batch, precision)
         reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats

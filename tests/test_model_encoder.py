@@ -286,6 +286,18 @@ def test_clipped_relative_gather_backward_equals_scatter(t: int, left: int, righ
                                         (rel[:1, :1, :3].detach().clone().requires_grad_(),))
 
 
+def test_clipped_relative_gather_function_needs_two_slots() -> None:
+    """With one slot both clipped sums would be the same slot: the Function refuses, the public
+    wrapper takes the plain gather (whose gradient is then the row sum)."""
+    from just_asr.model.conformer import _ClippedRelativeGather
+
+    rel = torch.randn(1, 1, 3, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="P >= 2"):
+        _ClippedRelativeGather.apply(rel, 0, 0)
+    (grad,) = torch.autograd.grad(clipped_relative_gather(rel, 0, 0).sum(), rel)
+    assert torch.equal(grad, torch.full_like(rel, 3.0))
+
+
 def test_no_position_attention_matches_naive_loop() -> None:
     torch.manual_seed(5)
     attn = RelativeSelfAttention(8, 2, 0.0, "none").eval()
