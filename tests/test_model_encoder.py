@@ -269,7 +269,7 @@ def test_clipped_relative_gather_backward_equals_scatter(t: int, left: int, righ
     g = torch.Generator().manual_seed(t * 100 + left * 10 + right)
     rel = torch.randn(2, 3, t, left + right + 1, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 3, t, t, generator=g, dtype=torch.float64)
-    out = clipped_relative_gather(rel, left, right)
+    out = clipped_relative_gather(rel, left, right, atomic_free=True)  # the default on GPUs
     (grad,) = torch.autograd.grad((out * w).sum(), rel)
     idx = relative_position_index(t, t, left, right, rel.device)
     ref_out = rel.gather(-1, idx.expand(2, 3, t, t))
@@ -282,7 +282,7 @@ def test_clipped_relative_gather_backward_equals_scatter(t: int, left: int, righ
     if left + right > 0:
         assert abs(float(grad[0, 0, i, 0]) - by_hand) < 1e-12
     if t > 2:
-        assert torch.autograd.gradcheck(lambda r: clipped_relative_gather(r, left, right),
+        assert torch.autograd.gradcheck(lambda r: clipped_relative_gather(r, left, right, atomic_free=True),
                                         (rel[:1, :1, :3].detach().clone().requires_grad_(),))
 
 
@@ -294,8 +294,15 @@ def test_clipped_relative_gather_function_needs_two_slots() -> None:
     rel = torch.randn(1, 1, 3, 1, dtype=torch.float64, requires_grad=True)
     with pytest.raises(ValueError, match="P >= 2"):
         _ClippedRelativeGather.apply(rel, 0, 0)
-    (grad,) = torch.autograd.grad(clipped_relative_gather(rel, 0, 0).sum(), rel)
+    (grad,) = torch.autograd.grad(clipped_relative_gather(rel, 0, 0, atomic_free=True).sum(), rel)
     assert torch.equal(grad, torch.full_like(rel, 3.0))
+
+
+def test_clipped_relative_gather_picks_the_backward_by_device() -> None:
+    """CPU: the plain gather (its backward is the scatter); asked for, or on a GPU: the Function."""
+    rel = torch.randn(1, 2, 5, 4, requires_grad=True)
+    assert clipped_relative_gather(rel, 2, 1).grad_fn.name() == "GatherBackward0"
+    assert "ClippedRelativeGather" in clipped_relative_gather(rel, 2, 1, atomic_free=True).grad_fn.name()
 
 
 def test_no_position_attention_matches_naive_loop() -> None:

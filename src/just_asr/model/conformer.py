@@ -122,12 +122,18 @@ class _ClippedRelativeGather(torch.autograd.Function):
         return torch.cat(parts, -1).to(grad.dtype), None, None
 
 
-def clipped_relative_gather(rel: Tensor, left: int, right: int) -> Tensor:
+def clipped_relative_gather(rel: Tensor, left: int, right: int, atomic_free: bool | None = None) -> Tensor:
     """``(B, H, T, left + right + 1)`` distance scores -> ``(B, H, T, T)`` scores of each (query, key)
-    pair: ``out[..., i, j] = rel[..., i, clamp(j - i, -left, right) + left]`` (a fresh tensor)."""
+    pair: ``out[..., i, j] = rel[..., i, clamp(j - i, -left, right) + left]`` (a fresh tensor).
+
+    ``atomic_free``: whether the backward is :class:`_ClippedRelativeGather`'s (running sums) instead
+    of the plain gather's ``scatter_add``. ``None`` (default): on every device but the CPU, where the
+    scatter has no atomics to contend on and measured 1-2% faster per tiny-model step."""
     if rel.size(-1) != left + right + 1:
         raise ValueError(f"clipped_relative_gather: rel has {rel.size(-1)} slots, expected {left + right + 1}")
-    if left + right == 0 or not torch.is_grad_enabled() or not rel.requires_grad:
+    if atomic_free is None:
+        atomic_free = rel.device.type != "cpu"
+    if not atomic_free or left + right == 0 or not torch.is_grad_enabled() or not rel.requires_grad:
         t = rel.size(-2)
         idx = relative_position_index(t, t, left, right, rel.device)
         return rel.gather(-1, idx.expand(*rel.shape[:-1], t))
