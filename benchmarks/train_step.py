@@ -274,6 +274,31 @@ def compile_blocks(model, opt, batch: dict[str, torch.Tensor], precision: str, a
     return time.perf_counter() - t0
 
 
+def repeats_for(args: argparse.Namespace, preset: str) -> int:
+    return args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
+
+
+def time_config(model, opt, batch: dict[str, torch.Tensor], precision: str, args: argparse.Namespace,
+                reps: int) -> tuple[float, float, list[float], list[float]]:
+    """FLOPs of one step, then ``--compile`` (if asked), ``--warmup`` untimed steps and ``reps`` timed
+    ones: ``(flops, compile_s, wall_times, process_cpu_times)``. On a GPU each timed step is
+    synchronised before and after (its CPU time then means little)."""
+    device = batch["features"].device
+    flops = count_flops(model, batch, precision)
+    compile_s = compile_blocks(model, opt, batch, precision, args)
+    for _ in range(args.warmup):
+        train_step(model, opt, batch, precision)
+    times, cpu = [], []
+    for _ in range(reps):
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        train_step(model, opt, batch, precision)  # float(loss) waits for a GPU step's kernels
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return flops, compile_s, times, cpu
+
+
 def count_flops(model, batch: dict[str, torch.Tensor], precision: str) -> float:
     """FLOPs of one forward + backward (``FlopCounterMode``); gradients are discarded."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -486,7 +511,7 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
         for model, opt, _ in pair:
             for _ in range(args.warmup):
                 train_step(model, opt, batch, precision)
-        reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
+        reps = repeats_for(args, preset)
         wall: list[list[float]] = [[], []]
         cpu: list[list[float]] = [[], []]
         for _ in range(reps):
@@ -555,23 +580,13 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
         torch.cuda.reset_peak_memory_stats(device)
         model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch, device=str(device))
         n_params = sum(q.numel() for q in model.parameters())
-        flops = count_flops(model, batch, precision)
-        compile_s = compile_blocks(model, opt, batch, precision, args)
-        for _ in range(args.warmup):
-            train_step(model, opt, batch, precision)
-        reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
-        times = []
-        for _ in range(reps):
-            _sync(device)
-            t0 = time.perf_counter()
-            train_step(model, opt, batch, precision)  # float(loss) waits for the step's kernels
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        reps = repeats_for(args, preset)
+        flops, compile_s, times, _ = time_config(model, opt, batch, precision, args, reps)
         med = statistics.median(times)
         mem = torch.cuda.max_memory_allocated(device) / 2**30
         roof, _ = matmul_roof(size, dtypes[precision], device=str(device))
         achieved = flops / med
-        enc_frames = int((((batch["feature_lens"] - 1) // 2 - 1) // 2).clamp(min=1).sum())
+        enc_frames = int(model.frontend.output_lengths(batch["feature_lens"]).sum())
         row = dict(preset=preset, precision=precision, rnnt=rnnt, objective=objective, params=n_params / 1e6,
                    compile_s=compile_s,
                    ms=med * 1e3, min=min(times) * 1e3, rt=audio / med, tok=tokens / med, frames=enc_frames / med,
@@ -725,19 +740,10 @@ def main(argv: list[str] | None = None) -> int:
         model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch)
         batch = batches[preset]
         audio = float(batch["feature_lens"].sum()) * FRAME_SHIFT_S
-        flops = count_flops(model, batch, precision)
-        compile_s = compile_blocks(model, opt, batch, precision, args)
+        reps = repeats_for(args, preset)
+        flops, compile_s, times, cpu = time_config(model, opt, batch, precision, args, reps)
         if args.compile:
             print(f"  {preset} {precision} {rnnt} {objective}: first (compiling) step {compile_s:.0f} s", flush=True)
-        for _ in range(args.warmup):
-            train_step(model, opt, batch, precision)
-        reps = args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
-        times, cpu = [], []
-        for _ in range(reps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            train_step(model, opt, batch, precision)
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
         med = statistics.median(times)
         cpu_med = statistics.median(cpu)
         roof, roof_cpu = matmul_roof(args.roof_size, dtypes[precision])

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from model_helpers import model_config
 
 from just_asr.losses import rnnt_loss
 from just_asr.losses.pruned_rnnt import pruned_rnnt_loss
@@ -125,12 +126,7 @@ def small_cfg(**over: Any) -> ModelConfig:
         "mlm": {"num_layers": 1},
         "decoder": {"embed_dim": 16, "hidden_dim": 16, "joint_dim": 16, "dropout": 0.0},
     }
-    for section, values in over.items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    return ModelConfig.from_dict(base)
+    return model_config(base, over)
 
 
 def small_batch(vocab: int) -> dict[str, torch.Tensor]:

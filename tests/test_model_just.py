@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from model_helpers import model_config
 
 from just_asr.losses import rnnt_loss
 from just_asr.model import JustModel, ModelConfig
@@ -24,12 +25,7 @@ def make_cfg(**over: Any) -> ModelConfig:
         "mlm": {"num_layers": 1},
         "decoder": {"embed_dim": 8, "hidden_dim": 12, "joint_dim": 10},
     }
-    for section, values in over.items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    return ModelConfig.from_dict(base)
+    return model_config(base, over)
 
 
 def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:

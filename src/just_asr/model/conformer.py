@@ -71,14 +71,20 @@ def relative_position_index(t_query: int, t_key: int, left: int, right: int, dev
     return (j - i).clamp(-left, right) + left
 
 
+def _plain_clipped_gather(rel: Tensor, left: int, right: int) -> Tensor:
+    t = rel.size(-2)
+    idx = relative_position_index(t, t, left, right, rel.device)
+    return rel.gather(-1, idx.expand(*rel.shape[:-1], t))
+
+
 class _ClippedRelativeGather(torch.autograd.Function):
-    """``rel.gather(-1, relative_position_index(T, T, left, right))`` with a backward free of atomics.
+    """:func:`_plain_clipped_gather` with a backward free of atomics.
 
     The gather's own backward is a ``scatter_add`` of the ``(B, H, T, T)`` gradient into the
     ``(B, H, T, P)`` table: every key beyond the clipping distances lands on the first or the last
     slot, so on a GPU hundreds of atomic bf16 adds per query row hit one address (measured on an H100:
     about 6 ms per layer at B=32, T'=468, a fifth of the paper-size model's step). Here the clipped
-    slots are read off a running sum along the keys (the last one as the row total minus a prefix)
+    slots are read off a prefix sum along the keys (the last one as the row total minus a prefix)
     and the ``P - 2`` slots in between (one key each) are gathered: one pass, no atomics. Sums are
     float32 (float64 for float64), as accurate as the scatter's on attention gradients; a
     non-finite gradient entry can make its whole row's last slot NaN (the step is skipped then).
@@ -87,38 +93,33 @@ class _ClippedRelativeGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rel: Tensor, left: int, right: int) -> Tensor:  # type: ignore[override]
-        b, h, t, p = rel.shape
-        if p != left + right + 1 or p < 2:
-            raise ValueError(f"_ClippedRelativeGather: needs left + right + 1 = P >= 2 slots, got P={p}, "
-                             f"left={left}, right={right}")
+        if rel.size(-1) != left + right + 1 or rel.size(-1) < 2:
+            raise ValueError(f"_ClippedRelativeGather: needs left + right + 1 = P >= 2 slots, got "
+                             f"P={rel.size(-1)}, left={left}, right={right}")
         ctx.shape, ctx.left, ctx.right = rel.shape, left, right
-        idx = relative_position_index(t, t, left, right, rel.device)
-        return rel.gather(-1, idx.expand(b, h, t, t))
+        return _plain_clipped_gather(rel, left, right)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         b, h, t, p = ctx.shape
         left, right = ctx.left, ctx.right
-        dev = grad.device
         acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-        csum = grad.cumsum(-1, dtype=acc)  # (B, H, T, T): csum[..., i, j] = sum of keys 0..j
-        i = torch.arange(t, device=dev)
-        zero = csum.new_zeros(())
-        # slot 0: keys j <= i - left; slot P-1: keys j >= i + right (both empty where out of range)
-        lo = (i - left).clamp(0, t - 1)
-        lo_sum = torch.where((i - left >= 0).view(1, 1, t, 1),
-                             csum.gather(-1, lo.view(1, 1, t, 1).expand(b, h, t, 1)), zero)
-        hi = (i + right - 1).clamp(0, t - 1)
-        hi_part = csum[..., -1:] - csum.gather(-1, hi.view(1, 1, t, 1).expand(b, h, t, 1))
-        hi_sum = torch.where((i + right - 1 < 0).view(1, 1, t, 1), csum[..., -1:],
-                             torch.where((i + right - 1 < t - 1).view(1, 1, t, 1), hi_part, zero))
-        parts = [lo_sum]
-        if p > 2:  # slots 1..P-2: distance d = slot - left, one key j = i + d each
-            j = i[:, None] + torch.arange(1 - left, right, device=dev)[None, :]  # (T, P-2)
-            inside = (j >= 0) & (j < t)
-            mid = torch.where(inside, grad.gather(-1, j.clamp(0, t - 1).expand(b, h, t, p - 2)).to(acc), zero)
-            parts.append(mid)
-        parts.append(hi_sum)
+        # prefix[..., i, k] = sum of the keys j < k of query i, k = 0..T
+        prefix = grad.new_zeros((b, h, t, t + 1), dtype=acc)
+        torch.cumsum(grad, -1, dtype=acc, out=prefix[..., 1:])
+        i = torch.arange(t, device=grad.device)
+
+        def at(k: Tensor) -> Tensor:  # prefix[..., i, k_i] for one k per query row, k clamped to [0, T]
+            return prefix.gather(-1, k.clamp(0, t).view(1, 1, t, 1).expand(b, h, t, 1))
+
+        first = at(i - left + 1)  # slot 0: keys j <= i - left
+        last = prefix[..., -1:] - at(i + right)  # slot P-1: keys j >= i + right
+        parts = [first]
+        if p > 2:  # slots 1..P-2: distance d = slot - left, one key j = i + d each (none outside [0, T))
+            j = i[:, None] + torch.arange(1 - left, right, device=grad.device)[None, :]  # (T, P-2)
+            one = grad.gather(-1, j.clamp(0, t - 1).expand(b, h, t, p - 2)).to(acc)
+            parts.append(torch.where((j >= 0) & (j < t), one, one.new_zeros(())))
+        parts.append(last)
         return torch.cat(parts, -1).to(grad.dtype), None, None
 
 
@@ -126,7 +127,7 @@ def clipped_relative_gather(rel: Tensor, left: int, right: int, atomic_free: boo
     """``(B, H, T, left + right + 1)`` distance scores -> ``(B, H, T, T)`` scores of each (query, key)
     pair: ``out[..., i, j] = rel[..., i, clamp(j - i, -left, right) + left]`` (a fresh tensor).
 
-    ``atomic_free``: whether the backward is :class:`_ClippedRelativeGather`'s (running sums) instead
+    ``atomic_free``: whether the backward is :class:`_ClippedRelativeGather`'s (prefix sums) instead
     of the plain gather's ``scatter_add``. ``None`` (default): on every device but the CPU, where the
     scatter has no atomics to contend on and measured 1-2% faster per tiny-model step."""
     if rel.size(-1) != left + right + 1:
@@ -134,9 +135,7 @@ def clipped_relative_gather(rel: Tensor, left: int, right: int, atomic_free: boo
     if atomic_free is None:
         atomic_free = rel.device.type != "cpu"
     if not atomic_free or left + right == 0 or not torch.is_grad_enabled() or not rel.requires_grad:
-        t = rel.size(-2)
-        idx = relative_position_index(t, t, left, right, rel.device)
-        return rel.gather(-1, idx.expand(*rel.shape[:-1], t))
+        return _plain_clipped_gather(rel, left, right)
     return _ClippedRelativeGather.apply(rel, left, right)
 
 
