@@ -19,7 +19,8 @@ model's own feature recipe and CMVN); that feature pass is timed and reported on
 features stay in memory. Then, per repeat, the encoder runs over every batch (encoder time), and
 each search (greedy, then every ``--beams`` size) runs over the stored encoder output of every
 batch (search time). Each figure is the median over ``--repeats`` repeats, after one untimed
-warm-up pass over the first batch. The table gives, per method: audio seconds, encoder RTF, search
+warm-up pass over the first batch (run under ``FlopCounterMode``: the header gives the encoder's GFLOP
+per audio second, matmuls/convolutions/attention). The table gives, per method: audio seconds, encoder RTF, search
 RTF, total RTF (encoder + search), the search and total time as a multiple of greedy's, the units
 emitted per second of audio, and the WER (%) as the unweighted average over languages and per
 language (:func:`just_asr.evaluate.score_by_language`; cuts without a reference text are decoded
@@ -111,6 +112,7 @@ class TrainedBenchmark:
     feature_seconds: float
     encoder_seconds: float
     encoder_runs: list[float]
+    encoder_gflop_per_audio_second: float = float("nan")  # FlopCounterMode over the first batch
     methods: list[MethodResult] = field(default_factory=list)
     languages: list[str] = field(default_factory=list)
     beam1_mismatches: int | None = None  # utterances where beam 1 differs from greedy
@@ -234,8 +236,12 @@ def run_trained(
             enc, enc_lens = model.encode(b.features, b.lens)
         return enc.float(), enc_lens
 
+    from torch.utils.flop_counter import FlopCounterMode
+
     with torch.no_grad():
-        encode(batches[0])
+        with FlopCounterMode(display=False) as flops:  # also the warm-up
+            encode(batches[0])
+        enc_gflop = flops.get_total_flops() / 1e9 / (float(batches[0].lens.sum()) / FRAMES_PER_SECOND)
         t_enc, enc_runs, encoded = _median_timed(lambda: [encode(b) for b in batches], repeats, device)
 
     # 3. searches on the stored encoder output
@@ -261,6 +267,7 @@ def run_trained(
     result = TrainedBenchmark(
         num_utts=sum(len(b.cut_ids) for b in batches), num_batches=len(batches), num_scored=len(scored_ids), audio_seconds=audio,
         feature_seconds=feature_seconds, encoder_seconds=t_enc, encoder_runs=enc_runs, languages=present_langs,
+        encoder_gflop_per_audio_second=enc_gflop,
     )
     with torch.no_grad():
         for beam in [0, *beams]:
@@ -300,7 +307,8 @@ def format_trained(res: TrainedBenchmark) -> str:
     lines = [
         f"{res.num_utts} utterances ({res.num_scored} scored) in {res.num_batches} batches, {audio:.1f} s of audio; "
         f"features "
-        f"(not in the table) RTF {res.feature_seconds / audio:.5f}; median of {len(res.encoder_runs)} repeats",
+        f"(not in the table) RTF {res.feature_seconds / audio:.5f}; median of {len(res.encoder_runs)} repeats; "
+        f"encoder {res.encoder_gflop_per_audio_second:.3f} GFLOP per audio second (FlopCounterMode, first batch)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
