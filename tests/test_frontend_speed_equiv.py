@@ -83,6 +83,46 @@ def test_conv_module_matches_under_bf16_autocast() -> None:
     assert float(err) < 2e-2
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_depthwise_in_bf16_runs_in_float32_and_rounds_once(causal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 autocast on CPU the depthwise convolution computes in float32 on the bf16 input
+    and rounds its result to bf16 once: it equals a float64 convolution of the same bf16 values to
+    within one bf16 rounding, output bf16; its gradients (input bf16, weight/bias float32) match the
+    float64 ones to bf16 precision."""
+    torch.manual_seed(6)
+    d, k = 12, 7
+    m = ConvModule(d, k, causal=causal, dropout=0.0)
+    y = torch.randn(4, 21, d).bfloat16()
+    pad = 0 if causal else (k - 1) // 2
+    y_in = F.pad(y, (0, 0, k - 1, 0)) if causal else y
+    y1 = y_in.clone().requires_grad_()
+    seen = []
+    real_conv2d = F.conv2d
+
+    def spy(inp, weight, *args, **kwargs):
+        seen.append((inp.dtype, weight.dtype, inp.is_contiguous()))
+        return real_conv2d(inp, weight, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m._depthwise(y1, pad)
+    monkeypatch.undo()
+    # float32 kernel on the channels-last view (no contiguous copy: the bf16 path's hang and cost)
+    assert seen == [(torch.float32, torch.float32, False)]
+    assert out.dtype == torch.bfloat16 and out.shape == (4, 21, d)
+    y2 = y_in.double().requires_grad_()
+    w64, b64 = m.depthwise_conv.weight.double(), m.depthwise_conv.bias.double()
+    ref = F.conv1d(y2.transpose(1, 2), w64, b64, padding=pad, groups=d).transpose(1, 2)
+    torch.testing.assert_close(out.double(), ref.bfloat16().double(), rtol=8e-3, atol=1e-6)
+    cot = torch.randn(4, 21, d)
+    gy, gw, gb = torch.autograd.grad((out.float() * cot).sum(), [y1, m.depthwise_conv.weight, m.depthwise_conv.bias])
+    ry, rw, rb = torch.autograd.grad((ref * cot.double()).sum(), [y2, w64, b64])
+    assert gy.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    torch.testing.assert_close(gy.double(), ry, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gw.double(), rw, rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(gb.double(), rb, rtol=2e-2, atol=5e-2)
+
+
 _TWO_THREAD_BF16 = """
 import torch
 from just_asr.model.conformer import ConvModule

@@ -297,8 +297,8 @@ class ConvModule(nn.Module):
         ``(out, in, 1)`` kernels viewed as ``(out, in)``, and the depthwise convolution is a grouped
         ``conv2d`` over the ``(B, d, 1, T)`` channels-last view of the ``(B, T, d)`` tensor, which
         oneDNN runs without reordering (forward + backward 2.3x faster than ``conv1d`` on a padded
-        ``(B, d, T)`` copy in float32; see ``BENCHMARKS.md``, training throughput). In bf16 on CPU
-        it runs on a contiguous copy instead: see :func:`_channels_last_depthwise_ok`.
+        ``(B, d, T)`` copy in float32; see ``BENCHMARKS.md``, training throughput); in float32 on
+        CPU even under bf16 autocast (:meth:`_depthwise`).
         """
         d = x.size(-1)
         y = self.layer_norm(x)  # (B, T, d)
@@ -310,14 +310,7 @@ class ConvModule(nn.Module):
             pad = 0
         else:
             pad = (self.kernel_size - 1) // 2
-        y = y.transpose(1, 2).unsqueeze(2)  # (B, d, 1, T_pad), channels-last strides
-        if not _channels_last_depthwise_ok(y):
-            y = y.contiguous()
-        y = F.conv2d(
-            y,
-            self.depthwise_conv.weight.unsqueeze(2),  # (d, 1, 1, kernel)
-            self.depthwise_conv.bias, padding=(0, pad), groups=d,
-        ).squeeze(2).transpose(1, 2)  # (B, T, d)
+        y = self._depthwise(y, pad)  # (B, T, d)
         if self.norm_kind == "layer":
             y = self.depthwise_layer_norm(y)
         else:
@@ -326,17 +319,29 @@ class ConvModule(nn.Module):
         return self.dropout(y)
 
 
-def _channels_last_depthwise_ok(y: Tensor) -> bool:
-    """Whether the depthwise conv may run on the channels-last view (no copy).
+    def _depthwise(self, y: Tensor, pad: int) -> Tensor:
+        """The depthwise convolution of ``y: (B, T, d)`` (time already padded when causal) ->
+        ``(B, T, d)``, as a grouped ``conv2d`` over the ``(B, d, 1, T)`` channels-last view.
 
-    On CPU it may only in float32: oneDNN's bf16 grouped conv2d on channels-last input never returns
-    with more than one thread at some shapes (torch 2.13: B=15, T=38, d=144, kernel 15, 2 threads
-    spins forever; any even T did at B=15), and autocast casts to bf16 keeping the strides. CUDA
-    takes either layout.
-    """
-    if y.is_cuda:
-        return True
-    return y.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+        On CPU it always runs in float32, outside autocast, and the result is cast back to ``y``'s
+        dtype: oneDNN's float32 kernel reads the channels-last view without a copy and is the
+        fastest, while its bf16 one on that view never returns with more than one thread at some
+        shapes (torch 2.13: B=15, T=38, d=144, kernel 15, 2 threads spins forever; any even T did at
+        B=15) and on a contiguous copy takes 6-10x the float32 view's forward time (fwd + bwd
+        1.4-1.8x; ``BENCHMARKS.md``). The cast is the only rounding bf16 adds, as with the
+        bf16 kernel (which accumulates in float32 too). CUDA runs the view in the input's dtype.
+        """
+        d = y.size(-1)
+        weight = self.depthwise_conv.weight.unsqueeze(2)  # (d, 1, 1, kernel)
+        bias = self.depthwise_conv.bias
+        if y.is_cuda:
+            out = F.conv2d(y.transpose(1, 2).unsqueeze(2), weight, bias, padding=(0, pad), groups=d)
+            return out.squeeze(2).transpose(1, 2)
+        dtype = y.dtype
+        with torch.autocast(y.device.type, enabled=False):
+            v = y.float().transpose(1, 2).unsqueeze(2)  # (B, d, 1, T_pad), channels-last strides
+            out = F.conv2d(v, weight.float(), None if bias is None else bias.float(), padding=(0, pad), groups=d)
+        return out.squeeze(2).transpose(1, 2).to(dtype)
 
 
 class ConformerBlock(nn.Module):
