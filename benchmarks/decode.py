@@ -17,8 +17,9 @@ Trained-model mode (``--model``): the cuts of all manifests are read once and tu
 evaluation batches of ``just-asr decode`` (:func:`just_asr.data.loader.make_eval_dataloader`, the
 model's own feature recipe and CMVN); that feature pass is timed and reported on its own, and the
 features stay in memory. Then, per repeat, the encoder runs over every batch (encoder time), and
-each search (greedy, then every ``--beams`` size) runs over the stored encoder output of every
-batch (search time). Each figure is the median over ``--repeats`` repeats, after one untimed
+each search (greedy, then every ``--beams`` size) runs over the stored encoder outputs (search
+time), pooled as ``just-asr decode`` pools them: consecutive batches until ``--search-batch``
+utterances per search (0: one search per encoder batch, the behaviour before pooling). Each figure is the median over ``--repeats`` repeats, after one untimed
 warm-up pass over the first batch (run under ``FlopCounterMode``: the header gives the encoder's GFLOP
 per audio second, matmuls/convolutions/attention). The table gives, per method: audio seconds, encoder RTF, search
 RTF, total RTF (encoder + search), the search and total time as a multiple of greedy's, the units
@@ -116,6 +117,8 @@ class TrainedBenchmark:
     methods: list[MethodResult] = field(default_factory=list)
     languages: list[str] = field(default_factory=list)
     beam1_mismatches: int | None = None  # utterances where beam 1 differs from greedy
+    num_searches: int = 0  # search calls per pass (encoder batches pooled up to search_batch utterances)
+    search_batch: int = 0
 
     @property
     def beam1_ok(self) -> bool:
@@ -164,9 +167,13 @@ def run_trained(
     device: str = "cpu",
     length_norm: bool = False,
     encoder_dtype: str = "float32",
+    search_batch: int = 256,
 ) -> TrainedBenchmark:
     """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``
-    (``length_norm``: beam searches rank by score per unit, as ``just-asr decode --length-norm``).
+    (``length_norm``: beam searches rank by score per unit, as ``just-asr decode --length-norm``;
+    ``encoder_dtype`` and ``search_batch`` as ``just-asr decode --encoder-dtype/--search-batch``:
+    the encoder outputs of consecutive batches are pooled until ``search_batch`` utterances, 0 =
+    one search per encoder batch).
 
     Raises ``ValueError`` (naming the file) for a missing or unreadable manifest or model
     directory, and when no utterance could be featurised.
@@ -177,7 +184,7 @@ def run_trained(
     from just_asr.data.loader import make_eval_dataloader
     from just_asr.evaluate import score_by_language
     from just_asr.evaluate.metrics import language_order
-    from just_asr.inference import load_model_dir
+    from just_asr.inference import Transcriber, load_model_dir
 
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
@@ -185,6 +192,8 @@ def run_trained(
         raise ValueError(f"--max-utts-per-lang must be >= 1, got {max_utts_per_lang}")
     if max_duration <= 0:
         raise ValueError(f"--max-duration must be positive, got {max_duration}")
+    if search_batch < 0:
+        raise ValueError(f"--search-batch must be >= 0, got {search_batch}")
     loaded = load_model_dir(model_dir, device=device)
     model = loaded.model.eval()
     blank = loaded.tokenizer.blank_id
@@ -225,16 +234,12 @@ def run_trained(
         raise ValueError(f"{', '.join(map(str, manifests))}: no cut could be featurised")
     audio = sum(float(b.lens.sum()) for b in batches) / FRAMES_PER_SECOND
 
-    # 2. encoder: warm up on one batch, then every batch per repeat
-    if encoder_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"--encoder-dtype must be float32 or bfloat16, got {encoder_dtype!r}")
+    # 2. encoder: warm up on one batch, then every batch per repeat; just-asr decode's code path
+    # (Transcriber.encode: autocast for bfloat16, output in float32 for the search)
+    encoder = Transcriber(loaded, encoder_dtype=encoder_dtype)
 
     def encode(b: Batch) -> tuple[Tensor, Tensor]:
-        if encoder_dtype == "float32":
-            return model.encode(b.features, b.lens)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):  # the search stays float32
-            enc, enc_lens = model.encode(b.features, b.lens)
-        return enc.float(), enc_lens
+        return encoder.encode(b.features, b.lens, apply_cmvn=False)  # CMVN applied above
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -249,16 +254,23 @@ def run_trained(
     refs = {i: t for b in batches for i, t in zip(b.cut_ids, b.texts, strict=True)}
     present_langs = language_order(sorted({langs_by_id[i] for i in scored_ids}))
 
+    # the search pools: consecutive encoder batches until search_batch utterances, as just-asr decode
+    groups: list[list[int]] = [[]]
+    for i, b in enumerate(batches):
+        groups[-1].append(i)
+        if sum(len(batches[j].cut_ids) for j in groups[-1]) >= search_batch and i + 1 < len(batches):
+            groups.append([])
+
     def search(beam: int):
-        method = "greedy" if beam == 0 else "beam"
+        searcher = Transcriber(loaded, method="greedy" if beam == 0 else "beam", beam=max(beam, 1),
+                               max_symbols_per_frame=max_symbols_per_frame, length_norm=length_norm and beam > 0)
 
         def one_pass() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {}
-            for b, (enc, enc_lens) in zip(batches, encoded, strict=True):
-                r = decode(model.predictor, model.joiner, enc, enc_lens, blank_id=blank, method=method,
-                           beam=max(beam, 1), max_symbols_per_frame=max_symbols_per_frame,
-                           length_norm=length_norm and beam > 0)
-                for cut_id, toks in zip(b.cut_ids, r.tokens, strict=True):
+            for group in groups:
+                r = searcher.search_pooled([encoded[j] for j in group])
+                ids = [cut_id for j in group for cut_id in batches[j].cut_ids]
+                for cut_id, toks in zip(ids, r.tokens, strict=True):
                     out[cut_id] = list(toks)
             return out
 
@@ -267,7 +279,7 @@ def run_trained(
     result = TrainedBenchmark(
         num_utts=sum(len(b.cut_ids) for b in batches), num_batches=len(batches), num_scored=len(scored_ids), audio_seconds=audio,
         feature_seconds=feature_seconds, encoder_seconds=t_enc, encoder_runs=enc_runs, languages=present_langs,
-        encoder_gflop_per_audio_second=enc_gflop,
+        encoder_gflop_per_audio_second=enc_gflop, num_searches=len(groups), search_batch=search_batch,
     )
     with torch.no_grad():
         for beam in [0, *beams]:
@@ -305,8 +317,8 @@ def format_trained(res: TrainedBenchmark) -> str:
     head = ["method", "audio s", "encoder RTF", "search RTF", "total RTF", "search x greedy", "total x greedy",
             "units/s", "WER avg %", *[f"WER {l} %" for l in res.languages]]
     lines = [
-        f"{res.num_utts} utterances ({res.num_scored} scored) in {res.num_batches} batches, {audio:.1f} s of audio; "
-        f"features "
+        f"{res.num_utts} utterances ({res.num_scored} scored) in {res.num_batches} encoder batches and "
+        f"{res.num_searches} searches (search batch {res.search_batch}), {audio:.1f} s of audio; features "
         f"(not in the table) RTF {res.feature_seconds / audio:.5f}; median of {len(res.encoder_runs)} repeats; "
         f"encoder {res.encoder_gflop_per_audio_second:.3f} GFLOP per audio second (FlopCounterMode, first batch)",
         "",
@@ -405,6 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--encoder-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="trained-model mode: run the encoder under bf16 autocast (the search stays float32)")
+    p.add_argument("--search-batch", type=int, default=256,
+                   help="trained-model mode: utterances per search, pooling consecutive encoder batches as "
+                        "just-asr decode --search-batch does; 0 = one search per encoder batch (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="random-model mode")
     args = p.parse_args(argv)
 
@@ -433,13 +448,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.cuts, beams=beams, repeats=args.repeats, max_utts_per_lang=args.max_utts_per_lang,
             max_duration=args.max_duration, device=args.device,
             max_symbols_per_frame=args.max_symbols_per_frame, length_norm=args.length_norm,
-            encoder_dtype=args.encoder_dtype,
+            encoder_dtype=args.encoder_dtype, search_batch=args.search_batch,
         )
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"model {args.model}; threads {args.threads}; device {args.device}; "
-          f"max symbols per frame {args.max_symbols_per_frame}; encoder {args.encoder_dtype}")
+          f"max symbols per frame {args.max_symbols_per_frame}; encoder {args.encoder_dtype}; "
+          f"search batch {args.search_batch}")
     print(format_trained(res), end="")
     return 0 if res.beam1_ok else 1
 

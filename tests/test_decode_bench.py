@@ -141,8 +141,23 @@ def test_bf16_encoder_mode(bench, setup, monkeypatch):
     res = bench.run_trained(model_dir, manifests, beams=[1], repeats=1, encoder_dtype="bfloat16")
     assert seen and all(on for _, on in seen) and {d for d, _ in seen} == {torch.bfloat16}
     assert res.beam1_mismatches == 0 and res.methods[0].wer is not None
-    with pytest.raises(ValueError, match="encoder-dtype"):
+    with pytest.raises(ValueError, match="unknown encoder dtype 'float16'"):
         bench.run_trained(model_dir, manifests, beams=[1], repeats=1, encoder_dtype="float16")
+
+
+def test_search_batch_pools_searches_without_changing_units(bench, setup):
+    """--search-batch: one search per encoder batch (0), pools of >= 2 utterances, or all in one;
+    the units of every method are the same in all three."""
+    model_dir, manifests = setup
+    runs = {sb: bench.run_trained(model_dir, manifests, beams=[2], repeats=1, max_duration=1.0, search_batch=sb)
+            for sb in (0, 2, 256)}
+    assert runs[0].num_batches == 4  # 1 s per batch: one cut each
+    assert [runs[sb].num_searches for sb in (0, 2, 256)] == [4, 2, 1]
+    for sb in (2, 256):
+        for m0, m in zip(runs[0].methods, runs[sb].methods, strict=True):
+            assert m.tokens == m0.tokens and m.wer == m0.wer
+    with pytest.raises(ValueError, match="--search-batch must be >= 0"):
+        bench.run_trained(model_dir, manifests, beams=[1], repeats=1, search_batch=-1)
 
 
 def test_max_utts_per_lang_and_errors(bench, setup, tmp_path, capsys):

@@ -18,7 +18,7 @@ from just_asr.data.features import GlobalCMVN, extract_fbank
 from just_asr.data.tokenizer import train_tokenizer
 from just_asr.decode import greedy_search
 from just_asr.evaluate import score_by_language
-from just_asr.inference import ModelDirError, Transcriber, load_model_dir, save_model_dir
+from just_asr.inference import ModelDirError, Transcriber, load_model_dir, save_model_dir, stack_encoded
 from just_asr.model import JustModel, ModelConfig
 
 TINY = {
@@ -243,6 +243,42 @@ def test_transcriber_applies_cmvn(model_dir, audio_files, cmvn):
     assert unnormalised.scores != pytest.approx(raw.scores, abs=1e-3)
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_search_pooled_equals_searching_each_part(model_dir, method):
+    """Pooling encoder outputs of different lengths into one search changes nothing in the result:
+    rows never interact and padding frames are never read (also for a row with no frames)."""
+    tr = Transcriber(load_model_dir(model_dir), method=method, beam=3)
+    g = torch.Generator().manual_seed(11)
+    d = TINY["encoder"]["d_model"]
+    parts = [(3 * torch.randn(3, t, d, generator=g), torch.tensor(lens))
+             for t, lens in ((7, [7, 5, 0]), (19, [19, 19, 2]), (1, [1, 1, 1]), (12, [3, 12, 8]))]
+    separate = [tr.search(*p) for p in parts]
+    pooled = tr.search_pooled(parts)
+    assert pooled.tokens == [t for r in separate for t in r.tokens]
+    assert pooled.scores == pytest.approx([x for r in separate for x in r.scores], abs=1e-5)
+    assert sum(len(t) for t in pooled.tokens) > 10  # the comparison is about real emissions
+    enc, lens = stack_encoded(parts)
+    assert enc.shape == (12, 19, d) and lens.tolist() == [7, 5, 0, 19, 19, 2, 1, 1, 1, 3, 12, 8]
+    assert enc[:3, 7:].abs().sum() == 0 and torch.equal(enc[9:, :12], parts[3][0])
+    with pytest.raises(ValueError, match="at least one"):
+        tr.search_pooled([])
+
+
+def test_bf16_encoder_is_close_to_float32_and_searched_in_float32(model_dir, audio_files):
+    loaded = load_model_dir(model_dir)
+    feats, lens = _features(audio_files)
+    enc32, lens32 = Transcriber(loaded).encode(feats, lens)
+    tr16 = Transcriber(loaded, encoder_dtype="bfloat16")
+    enc16, lens16 = tr16.encode(feats, lens)
+    assert enc16.dtype == torch.float32 and torch.equal(lens16, lens32)
+    valid = torch.arange(enc32.shape[1])[None, :] < lens32[:, None]
+    rel = (enc16 - enc32)[valid].norm() / enc32[valid].norm()
+    assert 0 < rel < 0.05, rel  # bf16 rounding, not a different computation
+    assert len(tr16.transcribe_batch(feats, lens)) == len(audio_files)
+    with pytest.raises(ValueError, match="unknown encoder dtype 'float16'"):
+        Transcriber(loaded, encoder_dtype="float16")
+
+
 def test_bad_files_are_reported_and_others_continue(model_dir, audio_files, tmp_path):
     bad = tmp_path / "broken.wav"
     bad.write_text("this is not audio")
@@ -361,3 +397,19 @@ def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp
 
     rc = main(["decode", "--model", str(model_dir), "--cuts", str(tmp_path / "none.jsonl.gz"), "--out", str(out)])
     assert rc == 2 and "none.jsonl.gz: cut manifest not found" in capsys.readouterr().err
+
+    # the search batch changes how encoder outputs are pooled for the search, never the result:
+    # 0 = one search per encoder batch (4 batches of 1 s here), 3 = pools of 3 utterances or more
+    for search_batch in ("0", "3"):
+        o = tmp_path / f"sb{search_batch}"
+        rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_pl), str(m_en), "--out", str(o),
+                   "--max-duration", "1", "--search-batch", search_batch])
+        assert rc == 0, capsys.readouterr().err
+        assert (o / "hyp_pl.txt").read_text(encoding="utf-8") == (out / "hyp_pl.txt").read_text(encoding="utf-8")
+        assert (o / "hyp_en.txt").read_text() == (out / "hyp_en.txt").read_text()
+        assert json.loads((o / "wer.json").read_text())["info"]["search_batch"] == int(search_batch)
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(tmp_path / "bf"),
+               "--encoder-dtype", "bfloat16"])
+    assert rc == 0 and json.loads((tmp_path / "bf" / "wer.json").read_text())["info"]["encoder_dtype"] == "bfloat16"
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(out), "--search-batch", "-1"])
+    assert rc == 2 and "--search-batch must be >= 0, got -1" in capsys.readouterr().err

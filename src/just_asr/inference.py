@@ -389,6 +389,19 @@ class FileResult:
     error: str | None = None
 
 
+#: the encoder precisions :class:`Transcriber` offers (``encoder_dtype``)
+ENCODER_DTYPES = ("float32", "bfloat16")
+
+
+def stack_encoded(encoded: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Stack encoder outputs ``[(enc (B_i, T_i, D), enc_lens (B_i,)), ...]`` into one batch
+    ``(enc (sum B_i, max T_i, D), enc_lens (sum B_i,))``, zero-padding each in time."""
+    t_max = max(int(e.shape[1]) for e, _ in encoded)
+    parts = [e if e.shape[1] == t_max else torch.nn.functional.pad(e, (0, 0, 0, t_max - e.shape[1]))
+             for e, _ in encoded]
+    return torch.cat(parts, dim=0), torch.cat([lens for _, lens in encoded], dim=0)
+
+
 class Transcriber:
     """Turn audio (files or feature batches) into text with a loaded model.
 
@@ -403,6 +416,16 @@ class Transcriber:
         length_norm, merge: beam search options (see :func:`just_asr.decode.beam_search`).
         max_batch_frames: most feature frames (padding included) in one batch of ``transcribe_files``
           (10 ms each in both recipes: the default is 2 minutes of audio).
+        encoder_dtype: ``"float32"`` (default) or ``"bfloat16"``: the encoder under
+          ``torch.autocast(bfloat16)`` (1.3-1.5x faster on a CPU with AVX-512 bf16, WER within about
+          a point on the demo: ``BENCHMARKS.md``); its output is cast back to float32, so the search
+          is float32 either way.
+
+    Encoder and search can run on different batches: :meth:`encode` a padding-friendly batch at a
+    time, then :meth:`search_pooled` several encoder outputs at once. The search steps through the
+    frames of the longest row, with per-frame costs that hardly grow with the number of rows, so
+    one search over many short encoder batches is several times cheaper than one per batch
+    (``just-asr decode --search-batch``).
     """
 
     def __init__(
@@ -414,9 +437,12 @@ class Transcriber:
         length_norm: bool = False,
         merge: str = "max",
         max_batch_frames: int = 12000,
+        encoder_dtype: str = "float32",
     ) -> None:
         if method not in ("greedy", "beam"):
             raise ValueError(f"unknown decoding method {method!r}; use 'greedy' or 'beam'")
+        if encoder_dtype not in ENCODER_DTYPES:
+            raise ValueError(f"unknown encoder dtype {encoder_dtype!r}; use one of {', '.join(ENCODER_DTYPES)}")
         if beam < 1:
             raise ValueError(f"beam must be >= 1; got {beam}")
         if max_batch_frames < 1:
@@ -428,6 +454,7 @@ class Transcriber:
         self.length_norm = length_norm
         self.merge = merge
         self.max_batch_frames = max_batch_frames
+        self.encoder_dtype = encoder_dtype
         #: seconds spent in the encoder and in the search by the calls so far (for RTF reports)
         self.timings = {"encode": 0.0, "search": 0.0}
 
@@ -436,8 +463,8 @@ class Transcriber:
         return self.loaded.model
 
     @torch.no_grad()
-    def decode_batch(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> SearchResult:
-        """Decode a batch of features into unit ids.
+    def encode(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> tuple[Tensor, Tensor]:
+        """Encoder output of a batch of features: ``(enc (B, T', D) float32, enc_lens (B,))``.
 
         Args:
             features: ``(B, T, 80)`` float features in the model's recipe, zero-padded: as
@@ -461,17 +488,41 @@ class Transcriber:
         if apply_cmvn and self.loaded.cmvn is not None:
             features = self.loaded.cmvn.apply(features, lens)
         start = time.perf_counter()
-        enc, enc_lens = model.encode(features, lens)
-        mid = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == "bfloat16"):
+            enc, enc_lens = model.encode(features, lens)
+        enc = enc.float()
+        self.timings["encode"] += time.perf_counter() - start
+        return enc, enc_lens
+
+    @torch.no_grad()
+    def search(self, enc: Tensor, enc_lens: Tensor) -> SearchResult:
+        """The configured search over an encoder output ``enc: (B, T', D)``, ``enc_lens: (B,)``."""
+        model = self.model
+        if model.training:
+            model.eval()
+        start = time.perf_counter()
         result = decode(
             model.predictor, model.joiner, enc, enc_lens, blank_id=self.loaded.tokenizer.blank_id,
             method=self.method, beam=self.beam, max_symbols_per_frame=self.max_symbols_per_frame,
             length_norm=self.length_norm, merge=self.merge,
         )
-        end = time.perf_counter()
-        self.timings["encode"] += mid - start
-        self.timings["search"] += end - mid
+        self.timings["search"] += time.perf_counter() - start
         return result
+
+    def search_pooled(self, encoded: Sequence[tuple[Tensor, Tensor]]) -> SearchResult:
+        """One search over several encoder outputs (each ``(enc (B_i, T_i, D), enc_lens (B_i,))``),
+        zero-padded in time to the longest and stacked: results in the order of the rows of
+        ``encoded[0]``, then ``encoded[1]``... The same units as searching each part alone (rows
+        never interact; padding frames are never read), in fewer, larger search steps."""
+        if not encoded:
+            raise ValueError("search_pooled needs at least one encoder output")
+        enc, enc_lens = stack_encoded(encoded)
+        return self.search(enc, enc_lens)
+
+    def decode_batch(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> SearchResult:
+        """Decode a batch of features into unit ids: :meth:`encode`, then :meth:`search`
+        (arguments as for :meth:`encode`)."""
+        return self.search(*self.encode(features, lens, apply_cmvn=apply_cmvn))
 
     def transcribe_batch(self, features: Tensor, lens: Tensor, apply_cmvn: bool = True) -> list[str]:
         """``features: (B, T, 80)``, ``lens: (B,)`` -> ``B`` texts (see :meth:`decode_batch`)."""

@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-norm", action="store_true", help="beam search: rank by score per unit")
     parser.add_argument("--max-duration", type=float, default=200.0,
                         help="seconds of audio per batch (default: 200)")
+    parser.add_argument("--search-batch", type=int, default=256, metavar="N",
+                        help="utterances per search: encoder outputs of consecutive batches are pooled until "
+                             "N, then searched at once (fewer frame steps; same result); 0 = one search per "
+                             "encoder batch (default: 256)")
+    parser.add_argument("--encoder-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="encoder precision: bfloat16 runs it under autocast, 1.3-1.5x faster on CPUs with "
+                             "AVX-512 bf16, WER within about a point (the search stays float32; default: float32)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op CPU threads (default: torch's choice; 1 is often fastest on busy machines)")
@@ -91,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.max_duration <= 0:
             raise ValueError(f"--max-duration must be positive, got {args.max_duration}")
+        if args.search_batch < 0:
+            raise ValueError(f"--search-batch must be >= 0, got {args.search_batch}")
         loaded = load_model_dir(args.model, device=args.device)
         transcriber = Transcriber(
             loaded, method=args.method, beam=args.beam, max_symbols_per_frame=args.max_symbols_per_frame,
-            length_norm=args.length_norm,
+            length_norm=args.length_norm, encoder_dtype=args.encoder_dtype,
         )
         cuts = _load_cuts(args.cuts)
     except (ModelDirError, ValueError, OSError) as exc:
@@ -127,6 +136,18 @@ def run(args: argparse.Namespace) -> int:
     refs: dict[str, str] = {}
     audio_seconds = 0.0
     start = time.perf_counter()
+    # encoder outputs waiting for their search: (cut ids, (enc, enc_lens)) per encoder batch
+    pending: list[tuple[list[str], tuple]] = []
+
+    def search_pending() -> None:
+        if not pending:
+            return
+        result = transcriber.search_pooled([enc for _, enc in pending])
+        ids = [cut_id for cut_ids, _ in pending for cut_id in cut_ids]
+        for cut_id, tokens in zip(ids, result.tokens, strict=True):
+            hyps[cut_id] = loaded.tokenizer.decode(tokens)
+        pending.clear()
+
     batches = iter(loader)
     while True:
         try:
@@ -136,11 +157,13 @@ def run(args: argparse.Namespace) -> int:
         except DataError as exc:  # a batch whose every cut was unusable: its cuts count as failed
             print(f"error: {exc}", file=sys.stderr)
             continue
-        texts = transcriber.transcribe_batch(batch["features"], batch["feature_lens"])
+        pending.append((list(batch["cut_ids"]), transcriber.encode(batch["features"], batch["feature_lens"])))
         audio_seconds += float(batch["feature_lens"].sum()) * 0.01
-        for cut_id, ref, hyp in zip(batch["cut_ids"], batch["texts"], texts, strict=True):
-            hyps[cut_id] = hyp
+        for cut_id, ref in zip(batch["cut_ids"], batch["texts"], strict=True):
             refs[cut_id] = ref
+        if sum(len(cut_ids) for cut_ids, _ in pending) >= args.search_batch:
+            search_pending()
+    search_pending()
     elapsed = time.perf_counter() - start
 
     out = Path(args.out)
@@ -163,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         "beam": args.beam if args.method == "beam" else 1,
         "max_symbols_per_frame": args.max_symbols_per_frame,
         "length_norm": bool(args.length_norm) if args.method == "beam" else False,
+        "encoder_dtype": args.encoder_dtype,
+        "search_batch": args.search_batch,
         "num_cuts": len(cuts),
         "num_decoded": len(hyps),
         "num_scored": len(scored),
