@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from just_asr.decode import decode
 from just_asr.model import JustModel
-from just_asr.model.transducer import Joiner, StatelessPredictor
+from just_asr.model.transducer import Joiner, Predictor, StatelessPredictor
 
 from test_model_just import VOCAB, make_batch, make_cfg
 
@@ -36,6 +37,32 @@ def test_stateless_predictor_sees_exactly_its_context_window() -> None:
     out2, _ = pred(y2)
     torch.testing.assert_close(out2[0, 4:], out[0, 4:])
     assert not torch.allclose(out2[0, 1:4], out[0, 1:4])
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstm_predictor_steps_equal_the_whole_sequence(num_layers: int) -> None:
+    """``Predictor.step`` writes the LSTM cells out (faster than ``nn.LSTM`` on one time step): a
+    chain of steps must give ``forward``'s outputs and final state, from zeros and from a given
+    state, and gradients must reach the same parameters."""
+    torch.manual_seed(2)
+    pred = Predictor(vocab_size=11, embed_dim=6, hidden_dim=7, num_layers=num_layers, dropout=0.0).eval()
+    y = torch.tensor([[0, 3, 3, 10, 1, 5], [0, 2, 7, 7, 4, 9], [0, 1, 1, 1, 1, 1]])
+    full, (h_full, c_full) = pred(y)
+    state = None
+    for s in range(y.size(1)):
+        o, state = pred.step(y[:, s], state)
+        torch.testing.assert_close(o, full[:, s], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state[0], h_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state[1], c_full, rtol=1e-5, atol=1e-6)
+    assert state[0].shape == (num_layers, 3, 7)
+    h0 = (torch.randn(num_layers, 3, 7), torch.randn(num_layers, 3, 7))
+    ref, (h_ref, c_ref) = pred(y[:, :1], h0)
+    o, (h1, c1) = pred.step(y[:, 0], h0)
+    torch.testing.assert_close(o, ref[:, 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c_ref, rtol=1e-5, atol=1e-6)
+    o.sum().backward()
+    grads = {n for n, p in pred.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads == {n for n, _ in pred.named_parameters()}
 
 
 def test_stateless_predictor_steps_equal_the_whole_sequence() -> None:

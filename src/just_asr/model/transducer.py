@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 LSTMState = tuple[Tensor, Tensor]
@@ -94,9 +95,32 @@ class Predictor(nn.Module):
         return out, state
 
     def step(self, last_tokens: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
-        """One decoding step. ``last_tokens: (B,)`` -> ``(out: (B, hidden_dim), state)``."""
-        out, state = self.forward(last_tokens.unsqueeze(1), state)
-        return out.squeeze(1), state
+        """One decoding step. ``last_tokens: (B,)`` -> ``(out: (B, hidden_dim), state)``.
+
+        The same function as :meth:`forward` on a length-1 sequence (to float rounding), written
+        out as LSTM cells: ``nn.LSTM`` on one time step pays a fixed cost (oneDNN re-lays out the
+        weights per call) of about 0.2 ms on CPU, twice the cells' own time for the tens of rows a
+        batched search steps at once (``BENCHMARKS.md``, decoding).
+        """
+        x = self.dropout(self.embedding(last_tokens))  # (B, E)
+        batch = last_tokens.shape[0]
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, batch, self.hidden_dim)
+            state = (zeros, zeros)
+        h, c = state
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.lstm.dropout > 0:
+                x = F.dropout(x, self.lstm.dropout, self.training)
+            gates = F.linear(x, getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"bias_ih_l{layer}", None))
+            gates = gates + F.linear(h[layer], getattr(self.lstm, f"weight_hh_l{layer}"),
+                                     getattr(self.lstm, f"bias_hh_l{layer}", None))
+            i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order: input, forget, cell, output
+            c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(c_new)
+            hs.append(x)
+            cs.append(c_new)
+        return x, (torch.stack(hs), torch.stack(cs))
 
 
 class StatelessPredictor(nn.Module):
