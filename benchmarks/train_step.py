@@ -66,6 +66,15 @@ candidate from this checkout (or ``--candidate-src``), with the same seed and ba
 their steps: median wall and CPU ms per step and the speed-up. ``--compare-adamw`` does the same for
 torch's per-parameter for-loop AdamW against the project's (fused) one.
 
+``--processes N`` (CPU) runs data-parallel training instead, as ``just-asr fit --trainer.devices N
+--trainer.strategy ddp`` on CPU does: N spawned processes of ``--threads`` threads each, the model
+wrapped in ``DistributedDataParallel`` over gloo (``find_unused_parameters=True``, as the fit command
+sets for JUST), each rank its own batch of the same shape (another seed). Each timed step is fenced
+by barriers on both sides and rank 0's wall time is reported; audio-seconds and FLOPs are summed over
+the ranks, and the roof is the matmul with N x ``--threads`` threads in the parent process. On a
+2-core machine ``--processes 2 --threads 1`` against ``--threads 2`` shows what the intra-op threads
+leave on the table at this model's small ops.
+
 On a shared machine only ratios within one run are solid; report medians of several repeats.
 
 On a GPU (``--device cuda``; nothing else in the project needs one)::
@@ -622,6 +631,87 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
 # ---------------------------------------------------------------------------------------------- main
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: tuple[str, str, str, str], args: argparse.Namespace,
+                queue) -> None:
+    """One rank of ``--processes``: DDP over gloo, timed steps fenced by barriers; rank 0 reports
+    ``(flops of one rank's step, wall times, audio seconds of one rank's batch)`` on ``queue``."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT / "src"))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        preset, precision, rnnt, objective = config
+        model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch)
+        batch = make_batch(args.batch, args.seconds, VOCAB[preset], args.spec_augment, seed=rank)
+        flops = count_flops(model, batch, precision) if rank == 0 else 0.0
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        for _ in range(args.warmup):
+            train_step(ddp, opt, batch, precision)
+        times = []
+        for _ in range(repeats_for(args, preset)):
+            dist.barrier()
+            t0 = time.perf_counter()
+            train_step(ddp, opt, batch, precision)
+            dist.barrier()
+            times.append(time.perf_counter() - t0)
+        if rank == 0:
+            queue.put((flops, times, float(batch["feature_lens"].sum()) * FRAME_SHIFT_S))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_processes(args: argparse.Namespace, configs: list[tuple[str, str, str, str]]) -> int:
+    """``--processes N``: data-parallel steps on the CPU (see the module docstring)."""
+    import torch.multiprocessing as mp
+
+    world = args.processes
+    print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}; "
+          f"{world} processes x {args.threads} threads (DDP, gloo); {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"batch per rank: B={args.batch} x {args.seconds:.2f} s mean; roof: torch.mm {args.roof_size}^3 with "
+          f"{world * args.threads} threads in the parent process\n")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    ctx = mp.get_context("spawn")
+    rows = []
+    for config in configs:
+        queue = ctx.Queue()
+        port = _free_port()
+        procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, config, args, queue)) for r in range(world)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        if any(proc.exitcode != 0 for proc in procs):
+            print(f"benchmarks/train_step.py: a rank failed ({[proc.exitcode for proc in procs]})", file=sys.stderr)
+            return 1
+        flops, times, audio = queue.get()
+        med = statistics.median(times)
+        torch.set_num_threads(world * args.threads)
+        roof, _ = matmul_roof(args.roof_size, dtypes[config[1]])
+        achieved = world * flops / med
+        rows.append((*config, med * 1e3, min(times) * 1e3, world * audio / med, world * flops / 1e9, achieved / 1e9,
+                     roof / 1e9, 100 * achieved / roof, len(times)))
+        print(f"  {' '.join(config)}: {med * 1e3:.0f} ms/step, {world * audio / med:.0f}x real time", flush=True)
+    print()
+    print("| preset | precision | RNN-T | objective | processes x threads | ms/step (median) | min | x real time | "
+          "GFLOP/step (all ranks) | GFLOP/s | roof GFLOP/s | roof % | repeats |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {world} x {args.threads} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | "
+              f"{r[7]:.2f} | {r[8]:.1f} | {r[9]:.0f} | {r[10]:.1f} | {r[11]} |")
+    return 0
+
+
 def _selected(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     only = None
     if args.only:
@@ -681,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --compare-src: the candidate model from DIR/just_asr instead of this checkout")
     p.add_argument("--compare-adamw", action="store_true",
                    help="before/after in one process: the for-loop AdamW against the project's (fused)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="CPU: N data-parallel processes (DDP over gloo) of --threads threads each, as just-asr fit "
+                        "--trainer.devices N --trainer.strategy ddp (default 1: one process)")
     p.add_argument("--loader", default=None, metavar="MANIFEST_DIR", help="time the data loader instead")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--cmvn", default=None)
@@ -716,6 +809,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--compile does not combine with --compare-src/--compare-adamw/--profile")
     if args.roof_size is None:
         args.roof_size = 1024
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1:
+        if args.compare_src or args.compare_adamw or args.profile or args.compile:
+            p.error("--processes does not combine with --compare-src/--compare-adamw/--profile/--compile")
+        return run_processes(args, configs)
     if args.compare_src or args.compare_adamw:
         return run_compare(args, configs)
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "

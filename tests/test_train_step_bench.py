@@ -1,0 +1,60 @@
+"""``benchmarks/train_step.py`` on the CPU: the one-process table and the data-parallel
+``--processes`` mode (DDP over gloo), on a small batch; values checked against each other."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The script imported as the module ``train_step`` from ``benchmarks/`` on ``sys.path``: the
+    spawned ranks of ``--processes`` import it by that name (spawn passes ``sys.path`` on)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    yield importlib.import_module("train_step")
+    sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| tiny ")]
+
+
+SMALL = ["--presets", "tiny", "--only", "bf16,full,just", "--batch", "2", "--seconds", "0.6", "--repeats", "2",
+         "--warmup", "1", "--roof-size", "256"]
+
+
+def test_one_process_and_data_parallel_tables(bench, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main([*SMALL, "--threads", "1"]) == 0
+        (one,) = _rows(capsys.readouterr().out)
+        assert bench.main([*SMALL, "--threads", "1", "--processes", "2"]) == 0
+        out = capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
+    (ddp,) = _rows(out)
+    assert "2 processes x 1 threads (DDP, gloo)" in out
+    assert ddp[:5] == ["tiny", "bf16", "full", "just", "2 x 1"]
+    # one rank's step does the one-process step's FLOPs (same batch shape): the table sums 2 ranks
+    assert float(ddp[8]) == pytest.approx(2 * float(one[8]), rel=1e-3)
+    ms, x_rt, gflop, gflops = float(ddp[5]), float(ddp[7]), float(ddp[8]), float(ddp[9])
+    audio = 2 * sum(round(d * 100) for d in torch.linspace(1.25 * 0.6, 0.75 * 0.6, 2).tolist()) / 100
+    assert x_rt == pytest.approx(audio / (ms / 1e3), rel=0.02)  # audio of both ranks / median step
+    assert gflops == pytest.approx(gflop / (ms / 1e3), rel=0.02)
+    assert 0 < float(ddp[11]) < 100 and int(ddp[12]) == 2
+
+
+def test_processes_refuses_what_it_cannot_combine(bench):
+    with pytest.raises(SystemExit):
+        bench.main([*SMALL, "--processes", "2", "--profile"])
+    with pytest.raises(SystemExit):
+        bench.main([*SMALL, "--processes", "0"])
