@@ -168,10 +168,11 @@ def run_trained(
     length_norm: bool = False,
     encoder_dtype: str = "float32",
     search_batch: int = 256,
+    encoder_workers: int = 1,
 ) -> TrainedBenchmark:
     """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``
     (``length_norm``: beam searches rank by score per unit, as ``just-asr decode --length-norm``;
-    ``encoder_dtype`` and ``search_batch`` as ``just-asr decode --encoder-dtype/--search-batch``:
+    ``encoder_dtype``, ``search_batch`` and ``encoder_workers`` as ``just-asr decode``'s options:
     the encoder outputs of consecutive batches are pooled until ``search_batch`` utterances, 0 =
     one search per encoder batch).
 
@@ -236,10 +237,15 @@ def run_trained(
 
     # 2. encoder: warm up on one batch, then every batch per repeat; just-asr decode's code path
     # (Transcriber.encode: autocast for bfloat16, output in float32 for the search)
-    encoder = Transcriber(loaded, encoder_dtype=encoder_dtype)
+    # (encode_stream: up to encoder_workers batches at once, in threads)
+    encoder = Transcriber(loaded, encoder_dtype=encoder_dtype, encoder_workers=encoder_workers)
 
     def encode(b: Batch) -> tuple[Tensor, Tensor]:
         return encoder.encode(b.features, b.lens, apply_cmvn=False)  # CMVN applied above
+
+    def encode_all() -> list[tuple[Tensor, Tensor]]:
+        stream = encoder.encode_stream(((b.features, b.lens, None) for b in batches), apply_cmvn=False)
+        return [(enc, enc_lens) for _, enc, enc_lens in stream]
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -247,7 +253,7 @@ def run_trained(
         with FlopCounterMode(display=False) as flops:  # also the warm-up
             encode(batches[0])
         enc_gflop = flops.get_total_flops() / 1e9 / (float(batches[0].lens.sum()) / FRAMES_PER_SECOND)
-        t_enc, enc_runs, encoded = _median_timed(lambda: [encode(b) for b in batches], repeats, device)
+        t_enc, enc_runs, encoded = _median_timed(encode_all, repeats, device)
 
     # 3. searches on the stored encoder output
     scored_ids = sorted(i for b in batches for i in b.cut_ids if has_ref[i])
@@ -420,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--search-batch", type=int, default=256,
                    help="trained-model mode: utterances per search, pooling consecutive encoder batches as "
                         "just-asr decode --search-batch does; 0 = one search per encoder batch (default: 256)")
+    p.add_argument("--encoder-workers", type=int, default=1,
+                   help="trained-model mode: batches encoded at once in threads, torch threads = --threads / N, "
+                        "as just-asr decode --encoder-workers (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random-model mode")
     args = p.parse_args(argv)
 
@@ -429,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         beams = _parse_beams(args.beams)
     except ValueError as exc:
         p.error(str(exc))
-    torch.set_num_threads(args.threads)
+    if args.encoder_workers < 1:
+        p.error(f"--encoder-workers must be >= 1, got {args.encoder_workers}")
+    torch.set_num_threads(max(1, args.threads // args.encoder_workers))
     if args.model is None:
         if args.cuts:
             p.error("--cuts needs --model")
@@ -448,14 +459,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.cuts, beams=beams, repeats=args.repeats, max_utts_per_lang=args.max_utts_per_lang,
             max_duration=args.max_duration, device=args.device,
             max_symbols_per_frame=args.max_symbols_per_frame, length_norm=args.length_norm,
-            encoder_dtype=args.encoder_dtype, search_batch=args.search_batch,
+            encoder_dtype=args.encoder_dtype, search_batch=args.search_batch, encoder_workers=args.encoder_workers,
         )
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"model {args.model}; threads {args.threads}; device {args.device}; "
           f"max symbols per frame {args.max_symbols_per_frame}; encoder {args.encoder_dtype}; "
-          f"search batch {args.search_batch}")
+          f"search batch {args.search_batch}; encoder workers {args.encoder_workers} x "
+          f"{torch.get_num_threads()} torch threads")
     print(format_trained(res), end="")
     return 0 if res.beam1_ok else 1
 

@@ -147,10 +147,12 @@ def test_bf16_encoder_mode(bench, setup, monkeypatch):
 
 def test_search_batch_pools_searches_without_changing_units(bench, setup):
     """--search-batch: one search per encoder batch (0), pools of >= 2 utterances, or all in one;
-    the units of every method are the same in all three."""
+    the units of every method are the same in all three, and with two encoder threads."""
     model_dir, manifests = setup
     runs = {sb: bench.run_trained(model_dir, manifests, beams=[2], repeats=1, max_duration=1.0, search_batch=sb)
             for sb in (0, 2, 256)}
+    threaded = bench.run_trained(model_dir, manifests, beams=[2], repeats=1, max_duration=1.0, encoder_workers=2)
+    assert [m.tokens for m in threaded.methods] == [m.tokens for m in runs[256].methods]
     assert runs[0].num_batches == 4  # 1 s per batch: one cut each
     assert [runs[sb].num_searches for sb in (0, 2, 256)] == [4, 2, 1]
     for sb in (2, 256):

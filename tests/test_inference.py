@@ -264,6 +264,30 @@ def test_search_pooled_equals_searching_each_part(model_dir, method):
         tr.search_pooled([])
 
 
+def test_encode_stream_with_workers_keeps_order_and_values(model_dir, audio_files):
+    """Two encoder threads: outputs in input order, tags passed through, values equal to one-by-one
+    encoding; a worker's exception surfaces for its batch; bad worker counts are refused."""
+    loaded = load_model_dir(model_dir)
+    feats, lens = _features(audio_files)
+    parts = [(feats[i:i + 1, : int(lens[i])], lens[i:i + 1], f"tag{i}") for i in range(len(audio_files))] * 2
+    serial = Transcriber(loaded)
+    expected = [serial.encode(f, l) for f, l, _ in parts]
+    threaded = Transcriber(loaded, encoder_workers=2)
+    got = list(threaded.encode_stream(iter(parts)))
+    assert [tag for tag, _, _ in got] == [tag for _, _, tag in parts]
+    for (_, enc, enc_lens), (enc_ref, lens_ref) in zip(got, expected, strict=True):
+        assert torch.equal(enc_lens, lens_ref)
+        torch.testing.assert_close(enc, enc_ref, rtol=0, atol=0)
+    assert threaded.timings["encode"] > 0
+    bad = [parts[0], (feats[:, :, :40], lens, "bad"), parts[1]]
+    stream = threaded.encode_stream(iter(bad))
+    assert next(stream)[0] == "tag0"
+    with pytest.raises(ValueError, match=r"features must be \(B, T, 80\)"):
+        next(stream)
+    with pytest.raises(ValueError, match="encoder_workers must be >= 1"):
+        Transcriber(loaded, encoder_workers=0)
+
+
 def test_bf16_encoder_is_close_to_float32_and_searched_in_float32(model_dir, audio_files):
     loaded = load_model_dir(model_dir)
     feats, lens = _features(audio_files)
@@ -408,8 +432,17 @@ def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp
         assert (o / "hyp_pl.txt").read_text(encoding="utf-8") == (out / "hyp_pl.txt").read_text(encoding="utf-8")
         assert (o / "hyp_en.txt").read_text() == (out / "hyp_en.txt").read_text()
         assert json.loads((o / "wer.json").read_text())["info"]["search_batch"] == int(search_batch)
+    o = tmp_path / "workers"
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_pl), str(m_en), "--out", str(o),
+               "--max-duration", "1", "--encoder-workers", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert (o / "hyp_pl.txt").read_text(encoding="utf-8") == (out / "hyp_pl.txt").read_text(encoding="utf-8")
+    assert (o / "hyp_en.txt").read_text() == (out / "hyp_en.txt").read_text()
+    assert json.loads((o / "wer.json").read_text())["info"]["encoder_workers"] == 2
     rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(tmp_path / "bf"),
                "--encoder-dtype", "bfloat16"])
     assert rc == 0 and json.loads((tmp_path / "bf" / "wer.json").read_text())["info"]["encoder_dtype"] == "bfloat16"
     rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(out), "--search-batch", "-1"])
     assert rc == 2 and "--search-batch must be >= 0, got -1" in capsys.readouterr().err
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(out), "--encoder-workers", "0"])
+    assert rc == 2 and "--encoder-workers must be >= 1, got 0" in capsys.readouterr().err

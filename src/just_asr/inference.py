@@ -40,8 +40,11 @@ Example::
 from __future__ import annotations
 
 import shutil
+import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,6 +423,11 @@ class Transcriber:
           ``torch.autocast(bfloat16)`` (1.3-1.5x faster on a CPU with AVX-512 bf16, WER within about
           a point on the demo: ``BENCHMARKS.md``); its output is cast back to float32, so the search
           is float32 either way.
+        encoder_workers: how many batches :meth:`encode_stream` encodes at once, each in its own
+          thread (torch kernels release the GIL). With small models on few cores, two single-threaded
+          encoder calls side by side beat one call on two intra-op threads (1.1-1.3x on the demo
+          model, ``BENCHMARKS.md``): give torch ``cores // encoder_workers`` threads then
+          (``just-asr decode --encoder-workers`` does).
 
     Encoder and search can run on different batches: :meth:`encode` a padding-friendly batch at a
     time, then :meth:`search_pooled` several encoder outputs at once. The search steps through the
@@ -438,9 +446,12 @@ class Transcriber:
         merge: str = "max",
         max_batch_frames: int = 12000,
         encoder_dtype: str = "float32",
+        encoder_workers: int = 1,
     ) -> None:
         if method not in ("greedy", "beam"):
             raise ValueError(f"unknown decoding method {method!r}; use 'greedy' or 'beam'")
+        if encoder_workers < 1:
+            raise ValueError(f"encoder_workers must be >= 1; got {encoder_workers}")
         if encoder_dtype not in ENCODER_DTYPES:
             raise ValueError(f"unknown encoder dtype {encoder_dtype!r}; use one of {', '.join(ENCODER_DTYPES)}")
         if beam < 1:
@@ -455,8 +466,11 @@ class Transcriber:
         self.merge = merge
         self.max_batch_frames = max_batch_frames
         self.encoder_dtype = encoder_dtype
-        #: seconds spent in the encoder and in the search by the calls so far (for RTF reports)
+        self.encoder_workers = encoder_workers
+        #: seconds spent in the encoder and in the search by the calls so far (for RTF reports);
+        #: with several encoder workers, "encode" sums the workers' times (it can exceed wall time)
         self.timings = {"encode": 0.0, "search": 0.0}
+        self._timings_lock = threading.Lock()
 
     @property
     def model(self) -> JustModel:
@@ -491,8 +505,34 @@ class Transcriber:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == "bfloat16"):
             enc, enc_lens = model.encode(features, lens)
         enc = enc.float()
-        self.timings["encode"] += time.perf_counter() - start
+        with self._timings_lock:
+            self.timings["encode"] += time.perf_counter() - start
         return enc, enc_lens
+
+    def encode_stream(
+        self, batches: Iterable[tuple[Tensor, Tensor, Any]], apply_cmvn: bool = True
+    ) -> Iterator[tuple[Any, Tensor, Tensor]]:
+        """Encode ``(features, lens, tag)`` batches; yields ``(tag, enc, enc_lens)`` in input order.
+
+        With ``encoder_workers > 1`` up to that many batches are encoded at once in worker threads
+        (each :meth:`encode` call is independent: the model holds no state between calls), and the
+        caller may search the yielded outputs meanwhile. ``tag`` is passed through untouched (e.g.
+        the batch's cut ids). An exception in a worker is raised here, for its batch.
+        """
+        if self.encoder_workers == 1:
+            for features, lens, tag in batches:
+                yield (tag, *self.encode(features, lens, apply_cmvn=apply_cmvn))
+            return
+        with ThreadPoolExecutor(self.encoder_workers, thread_name_prefix="just-asr-encode") as pool:
+            inflight: deque = deque()
+            for features, lens, tag in batches:
+                inflight.append((tag, pool.submit(self.encode, features, lens, apply_cmvn)))
+                if len(inflight) >= self.encoder_workers:  # every worker busy: hand out the oldest
+                    done_tag, future = inflight.popleft()
+                    yield (done_tag, *future.result())
+            while inflight:
+                done_tag, future = inflight.popleft()
+                yield (done_tag, *future.result())
 
     @torch.no_grad()
     def search(self, enc: Tensor, enc_lens: Tensor) -> SearchResult:
