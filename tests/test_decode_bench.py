@@ -173,3 +173,27 @@ def test_max_utts_per_lang_and_errors(bench, setup, tmp_path, capsys):
         bench.main(["--cuts", manifests[0]])  # --cuts without --model
     with pytest.raises(SystemExit):
         bench.main(["--model", str(model_dir)])  # --model without --cuts
+
+
+def test_decode_parts_modes_run_and_report(setup, capsys):
+    """``benchmarks/decode_parts.py``: each in-process comparison runs on a small model and says
+    what it compared (the predictor-step swap must not change a single unit)."""
+    spec = importlib.util.spec_from_file_location("decode_parts_bench", ROOT / "benchmarks" / "decode_parts.py")
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    from just_asr.model.transducer import Predictor
+
+    model_dir, manifests = setup
+    step_before = Predictor.step
+    common = ["--model", str(model_dir), "--cuts", *manifests, "--threads", "1", "--passes", "1"]
+    assert parts.main(["predictor-step", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.count("same units on 4 of 4") == 2 and Predictor.step is step_before
+    assert parts.main(["encoder", *common, "--compare-src", str(ROOT / "src")]) == 0
+    out = capsys.readouterr().out
+    assert "encoder fp32" in out and "encoder bf16" in out
+    assert parts.main(["encoder-threads", *common]) == 0
+    assert "1 Python threads x 1 torch thread" in capsys.readouterr().out
+    torch.set_num_threads(1)
+    with pytest.raises(SystemExit):
+        parts.main(["encoder", *common])  # no --compare-src

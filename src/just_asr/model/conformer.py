@@ -327,9 +327,10 @@ class ConvModule(nn.Module):
         dtype: oneDNN's float32 kernel reads the channels-last view without a copy and is the
         fastest, while its bf16 one on that view never returns with more than one thread at some
         shapes (torch 2.13: B=15, T=38, d=144, kernel 15, 2 threads spins forever; any even T did at
-        B=15) and on a contiguous copy takes 6-10x the float32 view's forward time (fwd + bwd
-        1.4-1.8x; ``BENCHMARKS.md``). The cast is the only rounding bf16 adds, as with the
-        bf16 kernel (which accumulates in float32 too). CUDA runs the view in the input's dtype.
+        B=15) and on a contiguous copy takes 5-7x the forward time of the cast plus the float32
+        kernel on the view (fwd + bwd 1.6-1.8x; ``BENCHMARKS.md``, decoding speed). The result is
+        rounded to bf16 once, as the bf16 kernel's (which accumulates in float32 too) was. CUDA runs
+        the view in the input's dtype.
         """
         d = y.size(-1)
         weight = self.depthwise_conv.weight.unsqueeze(2)  # (d, 1, 1, kernel)
