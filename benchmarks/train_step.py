@@ -647,7 +647,11 @@ def _ddp_worker(rank: int, world: int, port: int, config: tuple[str, str, str, s
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT / "src"))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    from datetime import timedelta
+
+    # a rank that dies leaves the others in a collective: give up after 10 minutes, not gloo's 30
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(minutes=10))
     try:
         preset, precision, rnnt, objective = config
         model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch)
@@ -683,18 +687,31 @@ def run_processes(args: argparse.Namespace, configs: list[tuple[str, str, str, s
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     ctx = mp.get_context("spawn")
     rows = []
+    import queue as queue_mod
+
     for config in configs:
         queue = ctx.Queue()
         port = _free_port()
         procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, config, args, queue)) for r in range(world)]
         for proc in procs:
             proc.start()
+        result = None
+        while result is None:  # read before joining (a full pipe would block the sender); stop if a rank died
+            try:
+                result = queue.get(timeout=1.0)
+            except queue_mod.Empty:
+                if any(proc.exitcode not in (None, 0) for proc in procs) or not any(p.is_alive() for p in procs):
+                    break
         for proc in procs:
-            proc.join()
-        if any(proc.exitcode != 0 for proc in procs):
-            print(f"benchmarks/train_step.py: a rank failed ({[proc.exitcode for proc in procs]})", file=sys.stderr)
+            proc.join(timeout=None if result is not None else 5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        if result is None or any(proc.exitcode != 0 for proc in procs):
+            print(f"benchmarks/train_step.py: a rank failed (exit codes {[proc.exitcode for proc in procs]})",
+                  file=sys.stderr)
             return 1
-        flops, times, audio = queue.get()
+        flops, times, audio = result
         med = statistics.median(times)
         torch.set_num_threads(world * args.threads)
         roof, _ = matmul_roof(args.roof_size, dtypes[config[1]])
@@ -707,8 +724,8 @@ def run_processes(args: argparse.Namespace, configs: list[tuple[str, str, str, s
           "GFLOP/step (all ranks) | GFLOP/s | roof GFLOP/s | roof % | repeats |")
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {world} x {args.threads} | {r[4]:.0f} | {r[5]:.0f} | {r[6]:.0f} | "
-              f"{r[7]:.2f} | {r[8]:.1f} | {r[9]:.0f} | {r[10]:.1f} | {r[11]} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {world} x {args.threads} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | "
+              f"{r[7]:.3f} | {r[8]:.1f} | {r[9]:.0f} | {r[10]:.1f} | {r[11]} |")
     return 0
 
 
@@ -794,7 +811,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--only {args.only!r} selects no config")
     if args.compile_static and not args.compile:
         p.error("--compile-static needs --compile")
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
     device = torch.device(args.device)
+    if args.processes > 1 and device.type != "cpu":
+        p.error("--processes runs on the CPU only")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
@@ -809,8 +830,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--compile does not combine with --compare-src/--compare-adamw/--profile")
     if args.roof_size is None:
         args.roof_size = 1024
-    if args.processes < 1:
-        p.error(f"--processes must be >= 1, got {args.processes}")
     if args.processes > 1:
         if args.compare_src or args.compare_adamw or args.profile or args.compile:
             p.error("--processes does not combine with --compare-src/--compare-adamw/--profile/--compile")

@@ -123,6 +123,25 @@ def test_depthwise_in_bf16_runs_in_float32_and_rounds_once(causal: bool, monkeyp
     torch.testing.assert_close(gb.double(), rb, rtol=2e-2, atol=5e-2)
 
 
+def test_depthwise_keeps_float64_and_handles_no_bias_and_bf16_weights() -> None:
+    """float64 stays float64 (gradcheck passes), ``bias=False`` works, and a module whose weights
+    were cast to bf16 (no autocast) returns bf16 computed from its bf16 weights."""
+    torch.manual_seed(7)
+    m = ConvModule(6, 5, dropout=0.0, bias=False).double()
+    y = torch.randn(2, 9, 6, dtype=torch.float64, requires_grad=True)
+    assert m._depthwise(y, 2).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda t: m._depthwise(t, 2), (y,))
+    ref = F.conv1d(y.transpose(1, 2), m.depthwise_conv.weight, None, padding=2, groups=6).transpose(1, 2)
+    torch.testing.assert_close(m._depthwise(y, 2), ref, rtol=1e-12, atol=1e-12)
+    m16 = ConvModule(6, 5, dropout=0.0).bfloat16()
+    y16 = torch.randn(2, 9, 6).bfloat16()
+    out = m16._depthwise(y16, 2)
+    w, b = m16.depthwise_conv.weight.double(), m16.depthwise_conv.bias.double()
+    ref = F.conv1d(y16.double().transpose(1, 2), w, b, padding=2, groups=6).transpose(1, 2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), ref.bfloat16().double(), rtol=8e-3, atol=1e-6)
+
+
 _TWO_THREAD_BF16 = """
 import torch
 from just_asr.model.conformer import ConvModule

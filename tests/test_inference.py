@@ -279,6 +279,19 @@ def test_encode_stream_with_workers_keeps_order_and_values(model_dir, audio_file
         assert torch.equal(enc_lens, lens_ref)
         torch.testing.assert_close(enc, enc_ref, rtol=0, atol=0)
     assert threaded.timings["encode"] > 0
+    # the first batch finishing last must still come out first
+    import time as _time
+
+    real_encode = Transcriber.encode
+
+    def slow_first(self, features, lens, apply_cmvn=True):
+        if features.shape[1] == parts[0][0].shape[1]:
+            _time.sleep(0.3)
+        return real_encode(self, features, lens, apply_cmvn)
+
+    three = Transcriber(loaded, encoder_workers=3)
+    three.encode = slow_first.__get__(three)
+    assert [tag for tag, _, _ in three.encode_stream(iter(parts[:4]))] == ["tag0", "tag1", "tag2", "tag3"]
     bad = [parts[0], (feats[:, :, :40], lens, "bad"), parts[1]]
     stream = threaded.encode_stream(iter(bad))
     assert next(stream)[0] == "tag0"
@@ -446,3 +459,41 @@ def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp
     assert rc == 2 and "--search-batch must be >= 0, got -1" in capsys.readouterr().err
     rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(out), "--encoder-workers", "0"])
     assert rc == 2 and "--encoder-workers must be >= 1, got 0" in capsys.readouterr().err
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(out), "--encoder-workers", "2",
+               "--threads", "1"])
+    assert rc == 2 and "--encoder-workers 2 needs --threads >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [[], ["--encoder-workers", "2", "--threads", "2"], ["--search-batch", "0"],
+                                   ["--encoder-workers", "2", "--threads", "2", "--search-batch", "3"]])
+def test_decode_command_skips_a_batch_whose_audio_is_gone(model_dir, audio_files, tmp_path, capsys, extra):
+    """A batch whose only cut cannot be read is reported and skipped under every pooling/worker
+    setting; the other cuts are decoded and scored, the exit status is 1."""
+    import shutil
+
+    wavs = []
+    for i in range(3):
+        p = tmp_path / f"utt{i}.wav"
+        x, sr = sf.read(audio_files[0])
+        sf.write(p, x[: 16000 - 2000 * i], sr)
+        wavs.append(p)
+    shutil.copy(wavs[0], tmp_path / "gone.wav")
+    m = _write_cuts(tmp_path / "mls-en_cuts_test.jsonl.gz", [
+        ("3_4_000001", wavs[0], "hello world", "en"),
+        ("3_4_000002", tmp_path / "gone.wav", "gone", "en"),
+        ("3_4_000003", wavs[1], "the lazy dog", "en"),
+        ("3_4_000004", wavs[2], "a b", "en"),
+    ])
+    (tmp_path / "gone.wav").unlink()
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["decode", "--model", str(model_dir), "--cuts", str(m), "--out", str(tmp_path / "o"),
+                   "--max-duration", "1", *extra])
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    info = json.loads((tmp_path / "o" / "wer.json").read_text())["info"]
+    assert rc == 1 and "gone.wav" in err
+    assert info["failed_cuts"] == ["3_4_000002"] and info["num_decoded"] == 3 and info["num_scored"] == 3
+    hyps = (tmp_path / "o" / "hyp_en.txt").read_text().splitlines()
+    assert [h.split("\t")[0] for h in hyps] == ["3_4_000001", "3_4_000003", "3_4_000004"]

@@ -516,7 +516,9 @@ class Transcriber:
 
         With ``encoder_workers > 1`` up to that many batches are encoded at once in worker threads
         (each :meth:`encode` call is independent: the model holds no state between calls), and the
-        caller may search the yielded outputs meanwhile. ``tag`` is passed through untouched (e.g.
+        caller may search the yielded outputs meanwhile (one batch more than the workers is read
+        ahead). Only this method uses the workers; :meth:`transcribe_files` encodes one batch at a
+        time. ``tag`` is passed through untouched (e.g.
         the batch's cut ids). An exception in a worker is raised here, for its batch.
         """
         if self.encoder_workers == 1:
@@ -527,7 +529,8 @@ class Transcriber:
             inflight: deque = deque()
             for features, lens, tag in batches:
                 inflight.append((tag, pool.submit(self.encode, features, lens, apply_cmvn)))
-                if len(inflight) >= self.encoder_workers:  # every worker busy: hand out the oldest
+                if len(inflight) > self.encoder_workers:
+                    # hand out the oldest while the newest ones keep every worker busy
                     done_tag, future = inflight.popleft()
                     yield (done_tag, *future.result())
             while inflight:

@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder precision: bfloat16 runs it under autocast, 1.3-1.5x faster on CPUs with "
                              "AVX-512 bf16, WER within about a point (the search stays float32; default: float32)")
     parser.add_argument("--encoder-workers", type=int, default=1, metavar="N",
-                        help="encode N batches at once in threads, each with --threads/N torch threads (2 on a "
-                             "2-core CPU: 1.1-1.3x faster encoding of a small model; default: 1)")
+                        help="encode N batches at once in threads; torch then gets --threads/N threads (also for "
+                             "the search), so --threads must be at least N (2 on a 2-core CPU: 1.2-1.3x faster "
+                             "encoding of a small model; wer.json's encode_seconds then sums the workers' times; "
+                             "default: 1)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op CPU threads (default: torch's choice; 1 is often fastest on busy machines)")
@@ -96,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.encoder_workers < 1:
         print(f"just-asr decode: error: --encoder-workers must be >= 1, got {args.encoder_workers}", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < args.encoder_workers:
+        print(f"just-asr decode: error: --encoder-workers {args.encoder_workers} needs --threads >= "
+              f"{args.encoder_workers} (each worker gets --threads/N torch threads), got {args.threads}", file=sys.stderr)
         return 2
     if args.threads is not None or args.encoder_workers > 1:
         import torch

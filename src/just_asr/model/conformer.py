@@ -323,14 +323,15 @@ class ConvModule(nn.Module):
         """The depthwise convolution of ``y: (B, T, d)`` (time already padded when causal) ->
         ``(B, T, d)``, as a grouped ``conv2d`` over the ``(B, d, 1, T)`` channels-last view.
 
-        On CPU it always runs in float32, outside autocast, and the result is cast back to ``y``'s
-        dtype: oneDNN's float32 kernel reads the channels-last view without a copy and is the
-        fastest, while its bf16 one on that view never returns with more than one thread at some
-        shapes (torch 2.13: B=15, T=38, d=144, kernel 15, 2 threads spins forever; any even T did at
-        B=15) and on a contiguous copy takes 5-7x the forward time of the cast plus the float32
-        kernel on the view (fwd + bwd 1.6-1.8x; ``BENCHMARKS.md``, decoding speed). The result is
-        rounded to bf16 once, as the bf16 kernel's (which accumulates in float32 too) was. CUDA runs
-        the view in the input's dtype.
+        On CPU it runs in float32 (float64 stays float64), outside autocast, and the result is
+        cast back to ``y``'s dtype: oneDNN's float32 kernel reads the channels-last view without a
+        copy and is the fastest, while its bf16 one on that view never returns with more than one
+        thread at some shapes (torch 2.13: B=15, T=38, d=144, kernel 15, 2 threads spins forever;
+        any even T did at B=15) and on a contiguous copy takes 5-7x the forward time of the cast
+        plus the float32 kernel on the view (fwd + bwd 1.6-1.8x; ``BENCHMARKS.md``, decoding
+        speed). Under bf16 autocast the weights therefore stay float32 and only the input and the
+        result are bf16 (the bf16 kernel also rounded weight and bias to bf16). CUDA runs the view
+        in the input's dtype.
         """
         d = y.size(-1)
         weight = self.depthwise_conv.weight.unsqueeze(2)  # (d, 1, 1, kernel)
@@ -339,9 +340,11 @@ class ConvModule(nn.Module):
             out = F.conv2d(y.transpose(1, 2).unsqueeze(2), weight, bias, padding=(0, pad), groups=d)
             return out.squeeze(2).transpose(1, 2)
         dtype = y.dtype
+        compute = torch.promote_types(dtype, torch.float32)  # bf16/fp16 -> float32, float64 stays
         with torch.autocast(y.device.type, enabled=False):
-            v = y.float().transpose(1, 2).unsqueeze(2)  # (B, d, 1, T_pad), channels-last strides
-            out = F.conv2d(v, weight.float(), None if bias is None else bias.float(), padding=(0, pad), groups=d)
+            v = y.to(compute).transpose(1, 2).unsqueeze(2)  # (B, d, 1, T_pad), channels-last strides
+            out = F.conv2d(v, weight.to(compute), None if bias is None else bias.to(compute), padding=(0, pad),
+                           groups=d)
         return out.squeeze(2).transpose(1, 2).to(dtype)
 
 
