@@ -1,4 +1,4 @@
-"""Stateless predictor and the auxiliary CTC term: values against independent computations."""
+"""Predictors (the LSTM step, the stateless predictor) and the auxiliary CTC term: values against independent computations."""
 
 from __future__ import annotations
 
