@@ -156,6 +156,44 @@ def _median_timed(fn: Callable[[], object], repeats: int, device) -> tuple[float
     return statistics.median(runs), runs, out
 
 
+def load_batches(loaded, cuts, manifests: Sequence[str | Path], max_duration: float, device: str = "cpu") -> list[Batch]:
+    """``just-asr decode``'s evaluation batches of ``cuts`` for the loaded model (its feature recipe;
+    its CMVN applied here), on ``device``. Unreadable audio is reported on stderr and left out;
+    raises ``ValueError`` (naming ``manifests``) when nothing could be featurised."""
+    from just_asr.data.dataset import cut_language
+    from just_asr.data.errors import DataError
+    from just_asr.data.loader import make_eval_dataloader
+
+    # lhotse warns that an eagerly read CutSet gains nothing from its dynamic bucketing: true, and harmless
+    warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
+    loader = make_eval_dataloader(cuts, None, max_duration=max_duration, cmvn=None,
+                                  feature_source=loaded.feature_source or "auto")
+    langs_by_id = {c.id: cut_language(c) for c in cuts}
+    batches: list[Batch] = []
+    it = iter(loader)
+    while True:
+        try:
+            b = next(it)
+        except StopIteration:
+            break
+        except DataError as exc:  # a batch whose every cut was unreadable
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        feats = b["features"].to(device, torch.float32)
+        lens = b["feature_lens"].to(device, torch.int64)
+        if loaded.cmvn is not None:
+            feats = loaded.cmvn.apply(feats, lens)
+        batches.append(Batch(feats, lens, list(b["cut_ids"]), list(b["texts"]),
+                             [langs_by_id[i] for i in b["cut_ids"]]))
+    _sync(device)
+    errors = getattr(loader, "errors", None)
+    for issue in errors.issues if errors is not None else []:  # unreadable audio: left out, reported
+        print(f"error: {issue}", file=sys.stderr)
+    if not batches:
+        raise ValueError(f"{', '.join(map(str, manifests))}: no cut could be featurised")
+    return batches
+
+
 def run_trained(
     model_dir: str | Path,
     manifests: Sequence[str | Path],
@@ -181,11 +219,9 @@ def run_trained(
     """
     from just_asr.cli.decode import _load_cuts
     from just_asr.data.dataset import cut_language
-    from just_asr.data.errors import DataError
-    from just_asr.data.loader import make_eval_dataloader
     from just_asr.evaluate import score_by_language
     from just_asr.evaluate.metrics import language_order
-    from just_asr.inference import Transcriber, load_model_dir
+    from just_asr.inference import Transcriber, load_model_dir, pool_for_search
 
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
@@ -205,34 +241,9 @@ def run_trained(
     has_ref = {c.id: any(s.text is not None and s.text.strip() for s in c.supervisions) for c in cuts}
 
     # 1. features, once, before any timing (CMVN as the model directory records it)
-    feature_source = loaded.feature_source or "auto"
-    # lhotse warns that an eagerly read CutSet gains nothing from its dynamic bucketing: true, and harmless
-    warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
     start = time.perf_counter()
-    loader = make_eval_dataloader(cuts, None, max_duration=max_duration, cmvn=None, feature_source=feature_source)
-    batches: list[Batch] = []
-    it = iter(loader)
-    while True:
-        try:
-            b = next(it)
-        except StopIteration:
-            break
-        except DataError as exc:  # a batch whose every cut was unreadable
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        feats = b["features"].to(device, torch.float32)
-        lens = b["feature_lens"].to(device, torch.int64)
-        if loaded.cmvn is not None:
-            feats = loaded.cmvn.apply(feats, lens)
-        batches.append(Batch(feats, lens, list(b["cut_ids"]), list(b["texts"]),
-                             [langs_by_id[i] for i in b["cut_ids"]]))
-    _sync(device)
+    batches = load_batches(loaded, cuts, manifests, max_duration, device)
     feature_seconds = time.perf_counter() - start
-    errors = getattr(loader, "errors", None)
-    for issue in errors.issues if errors is not None else []:  # unreadable audio: left out, reported
-        print(f"error: {issue}", file=sys.stderr)
-    if not batches:
-        raise ValueError(f"{', '.join(map(str, manifests))}: no cut could be featurised")
     audio = sum(float(b.lens.sum()) for b in batches) / FRAMES_PER_SECOND
 
     # 2. encoder: warm up on one batch, then every batch per repeat; just-asr decode's code path
@@ -263,11 +274,8 @@ def run_trained(
     present_langs = language_order(sorted({langs_by_id[i] for i in scored_ids}))
 
     # the search pools: consecutive encoder batches until search_batch utterances, as just-asr decode
-    groups: list[list[int]] = [[]]
-    for i, b in enumerate(batches):
-        groups[-1].append(i)
-        if sum(len(batches[j].cut_ids) for j in groups[-1]) >= search_batch and i + 1 < len(batches):
-            groups.append([])
+    groups = list(pool_for_search(((b.cut_ids, *enc) for b, enc in zip(batches, encoded, strict=True)),
+                                  search_batch))
 
     def search(beam: int):
         searcher = Transcriber(loaded, method="greedy" if beam == 0 else "beam", beam=max(beam, 1),
@@ -276,8 +284,8 @@ def run_trained(
         def one_pass() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {}
             for group in groups:
-                r = searcher.search_pooled([encoded[j] for j in group])
-                ids = [cut_id for j in group for cut_id in batches[j].cut_ids]
+                r = searcher.search_pooled([(enc, enc_lens) for _, enc, enc_lens in group])
+                ids = [cut_id for cut_ids, _, _ in group for cut_id in cut_ids]
                 for cut_id, toks in zip(ids, r.tokens, strict=True):
                     out[cut_id] = list(toks)
             return out

@@ -24,7 +24,6 @@ import statistics
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,25 +31,20 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # benchmarks/decode.py (the batches) and train_step.py (older trees)
 
 
 def _batches(model_dir: str, manifests: list[str]):
+    """``(loaded model, [(features, lens)], audio seconds)``: ``benchmarks/decode.py``'s batches."""
+    from decode import load_batches
+
     from just_asr.cli.decode import _load_cuts
-    from just_asr.data.loader import make_eval_dataloader
     from just_asr.inference import load_model_dir
 
-    warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
     loaded = load_model_dir(model_dir)
-    loader = make_eval_dataloader(_load_cuts(manifests), None, max_duration=200.0, cmvn=None,
-                                  feature_source=loaded.feature_source or "auto")
-    batches = []
-    for b in loader:
-        feats, lens = b["features"].float(), b["feature_lens"]
-        if loaded.cmvn is not None:
-            feats = loaded.cmvn.apply(feats, lens)
-        batches.append((feats, lens))
-    audio = sum(float(lens.sum()) for _, lens in batches) / 100.0
-    return loaded, batches, audio
+    batches = load_batches(loaded, _load_cuts(manifests), manifests, 200.0)
+    audio = sum(float(b.lens.sum()) for b in batches) / 100.0
+    return loaded, [(b.features, b.lens) for b in batches], audio
 
 
 def _alternate(variants: dict[str, Callable[[], object]], passes: int) -> dict[str, float]:
@@ -72,7 +66,6 @@ def _encode_all(model, batches, bf16: bool) -> list:
 
 
 def run_encoder(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(ROOT))
     from train_step import import_package_copy
 
     loaded, batches, audio = _batches(args.model, args.cuts)

@@ -405,6 +405,25 @@ def stack_encoded(encoded: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Ten
     return torch.cat(parts, dim=0), torch.cat([lens for _, lens in encoded], dim=0)
 
 
+def pool_for_search(
+    encoded: Iterable[tuple[Any, Tensor, Tensor]], search_batch: int
+) -> Iterator[list[tuple[Any, Tensor, Tensor]]]:
+    """Group consecutive encoder outputs ``(tag, enc, enc_lens)`` (as :meth:`Transcriber.encode_stream`
+    yields them) until a group holds at least ``search_batch`` rows; ``0`` gives one group per
+    output. The last group may be smaller; no group is empty. Search each group with
+    :meth:`Transcriber.search_pooled` (``just-asr decode --search-batch``)."""
+    pool: list[tuple[Any, Tensor, Tensor]] = []
+    rows = 0
+    for item in encoded:
+        pool.append(item)
+        rows += int(item[1].shape[0])
+        if rows >= search_batch:
+            yield pool
+            pool, rows = [], 0
+    if pool:
+        yield pool
+
+
 class Transcriber:
     """Turn audio (files or feature batches) into text with a loaded model.
 

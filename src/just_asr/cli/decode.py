@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from just_asr.data.errors import DataError
     from just_asr.data.loader import make_eval_dataloader
     from just_asr.evaluate import format_markdown, score_by_language, write_reports
-    from just_asr.inference import ModelDirError, Transcriber, load_model_dir
+    from just_asr.inference import ModelDirError, Transcriber, load_model_dir, pool_for_search
 
     if args.threads is not None and args.threads < 1:
         print(f"just-asr decode: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -149,18 +149,6 @@ def run(args: argparse.Namespace) -> int:
     refs: dict[str, str] = {}
     audio_seconds = 0.0
     start = time.perf_counter()
-    # encoder outputs waiting for their search: (cut ids, (enc, enc_lens)) per encoder batch
-    pending: list[tuple[list[str], tuple]] = []
-
-    def search_pending() -> None:
-        if not pending:
-            return
-        result = transcriber.search_pooled([enc for _, enc in pending])
-        ids = [cut_id for cut_ids, _ in pending for cut_id in cut_ids]
-        for cut_id, tokens in zip(ids, result.tokens, strict=True):
-            hyps[cut_id] = loaded.tokenizer.decode(tokens)
-        pending.clear()
-
     def usable_batches():
         nonlocal audio_seconds
         batches = iter(loader)
@@ -177,11 +165,12 @@ def run(args: argparse.Namespace) -> int:
                 refs[cut_id] = ref
             yield batch["features"], batch["feature_lens"], list(batch["cut_ids"])
 
-    for cut_ids, enc, enc_lens in transcriber.encode_stream(usable_batches()):
-        pending.append((cut_ids, (enc, enc_lens)))
-        if sum(len(ids) for ids, _ in pending) >= args.search_batch:
-            search_pending()
-    search_pending()
+    # encoder outputs of consecutive batches, pooled until --search-batch utterances, searched at once
+    for pool in pool_for_search(transcriber.encode_stream(usable_batches()), args.search_batch):
+        result = transcriber.search_pooled([(enc, enc_lens) for _, enc, enc_lens in pool])
+        ids = [cut_id for cut_ids, _, _ in pool for cut_id in cut_ids]
+        for cut_id, tokens in zip(ids, result.tokens, strict=True):
+            hyps[cut_id] = loaded.tokenizer.decode(tokens)
     elapsed = time.perf_counter() - start
 
     out = Path(args.out)
