@@ -275,3 +275,93 @@ def test_modules_use_the_fast_dropout() -> None:
     mods = [m for m in [*stack.modules(), *fe.modules()] if isinstance(m, torch.nn.Dropout)]
     assert mods and all(type(m) is Dropout for m in mods)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# attention dropout on the CPU: written-out attention with the integer-draw mask instead of SDPA's
+# bernoulli_ (same arithmetic as SDPA's math path otherwise)
+
+
+def _attention_reference(q, k, v, bias, keep, p):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + bias
+    return (torch.softmax(scores, dim=-1) * keep / (1.0 - p)) @ v
+
+
+def test_attention_dropout_is_softmax_times_the_keep_mask() -> None:
+    from just_asr.model.conformer import _attention_with_fast_dropout
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)
+    bias[1, :, :, 5:] = float("-inf")  # padded keys of the second utterance
+    p = 0.3
+    torch.manual_seed(11)
+    out = _attention_with_fast_dropout(q, k, v, bias, p)
+    torch.manual_seed(11)
+    keep = dropout_keep_mask((2, 3, 7, 7), p, torch.device("cpu"))
+    assert 0 < int(keep.sum()) < keep.numel()
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _attention_reference(q, k, v, bias, keep.double(), p), rtol=1e-12, atol=1e-12)
+
+    # gradients with respect to q, k, v and the bias, the mask held fixed by re-seeding
+    def f(q_, k_, v_, b_):
+        torch.manual_seed(11)
+        return _attention_with_fast_dropout(q_, k_, v_, b_, p)
+
+    finite_bias = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v, finite_bias)]
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_attention_dropout_bool_mask_and_bf16_autocast_match_sdpa() -> None:
+    from just_asr.model.conformer import _attention_with_fast_dropout
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 9, 8, generator=g) for _ in range(3))
+    key_ok = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    key_ok[0, ..., 6:] = False
+    tiny_p = 1e-12  # keep probability rounds to 1: every element kept, scale 1 / (1 - 1e-12)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok)
+    torch.testing.assert_close(_attention_with_fast_dropout(q, k, v, key_ok, tiny_p), ref, rtol=1e-5, atol=1e-6)
+    bias = torch.randn(2, 2, 9, 9, generator=g).to(torch.bfloat16)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = _attention_with_fast_dropout(qb, kb, vb, bias, tiny_p)
+        sdpa = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
+    exact = _attention_reference(qb.double(), kb.double(), vb.double(), bias.double(), 1.0, 0.0)
+    assert ours.dtype == torch.bfloat16
+    # float32 inside, one rounding to bf16 at the end: as close to the float64 result as SDPA is
+    err_ours = (ours.double() - exact).abs().max()
+    err_sdpa = (sdpa.double() - exact).abs().max()
+    assert err_ours <= 2 ** -8 * exact.abs().max() and err_ours <= 2 * err_sdpa + 1e-6
+
+
+def test_attention_module_routes_cpu_training_dropout_to_the_fast_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    import just_asr.model.conformer as conformer
+
+    calls: list[float] = []
+    real = conformer._attention_with_fast_dropout
+
+    def spy(q, k, v, mask, p):
+        calls.append(p)
+        return real(q, k, v, mask, p)
+
+    monkeypatch.setattr(conformer, "_attention_with_fast_dropout", spy)
+    att = conformer.RelativeSelfAttention(8, 2, dropout=0.2)
+    x = torch.randn(2, 6, 8)
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    torch.manual_seed(3)
+    a = att(x, valid)
+    torch.manual_seed(3)
+    b = att(x, valid)
+    torch.manual_seed(4)
+    c = att(x, valid)
+    assert calls == [0.2, 0.2, 0.2]
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded by the global RNG, and dropout is on
+    att.eval()  # eval: SDPA, no dropout
+    ref = att(x, valid)
+    assert calls == [0.2, 0.2, 0.2]
+    att.train()
+    att.dropout = 0.0  # no dropout in training either: SDPA
+    torch.testing.assert_close(att(x, valid), ref)
+    assert len(calls) == 3

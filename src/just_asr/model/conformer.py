@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncoderConfig
-from .frontend import Dropout, lengths_to_padding_mask
+from .frontend import Dropout, fast_dropout, lengths_to_padding_mask
 
 
 def _activation(name: str) -> nn.Module:
@@ -212,10 +212,38 @@ class RelativeSelfAttention(nn.Module):
             mask.masked_fill_(~key_ok, float("-inf"))  # in place is safe: the gather's backward needs no output
         else:
             mask = key_ok
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, dh)
+        p = self.dropout if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu":
+            out = _attention_with_fast_dropout(q, k, v, mask, p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, dh)
         return self.linear_out(out.transpose(1, 2).reshape(b, t, h * dh))
+
+
+def _attention_with_fast_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float) -> Tensor:
+    """``scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)`` written out, with the
+    attention-probability dropout from :func:`fast_dropout`.
+
+    On the CPU, SDPA with dropout takes its math path, whose mask is ``bernoulli_``: about 6 ns per
+    element on the project's AMD machine, 15% of a tiny JUST training step at 15 s utterances
+    (``BENCHMARKS.md``). The integer-draw mask of :class:`Dropout` is several times cheaper. The
+    rest is the math path's arithmetic: bf16/fp16 inputs are computed in float32 (so under autocast
+    the scores are not rounded to bf16 before the softmax; float64 stays float64), the scale goes
+    on the query, the mask is added (float) or masks keys (bool), and the result has ``q``'s dtype.
+    """
+    out_dtype = q.dtype
+    cd = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        b, h, t, dh = q.shape
+        qs = (q.to(cd) * (1.0 / math.sqrt(dh))).reshape(b * h, t, dh)
+        ks = k.to(cd).reshape(b * h, -1, dh)
+        if mask.dtype == torch.bool:
+            scores = torch.bmm(qs, ks.transpose(1, 2)).view(b, h, t, -1).masked_fill(~mask, float("-inf"))
+        else:
+            bias = mask.to(cd).expand(b, h, t, ks.size(1)).reshape(b * h, t, -1)
+            scores = torch.baddbmm(bias, qs, ks.transpose(1, 2)).view(b, h, t, -1)
+        attn = fast_dropout(torch.softmax(scores, dim=-1), p, True)
+        return torch.matmul(attn, v.to(cd)).to(out_dtype)
 
 
 class MaskedBatchNorm1d(nn.Module):
