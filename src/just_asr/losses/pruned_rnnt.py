@@ -26,9 +26,9 @@ four steps:
    the ``(T, U+1)`` lattice where every cell outside the band is ``-inf``.
 
 :func:`pruned_rnnt_loss` runs all four; :func:`pruned_loss_scales` is icefall's warm-up of the two
-terms' weights. The lattice recursions (:func:`lattice_nll`) run over anti-diagonals (``T + U``
-vectorised steps) with an analytic gradient, so all costs are ``O(B·T·U)`` apart from the
-vocabulary-sized products.
+terms' weights. The lattice recursions (:func:`lattice_nll`, :mod:`just_asr.losses.lattice`) run
+by label columns (``U + 1`` vectorised steps, each a cumulative log-sum-exp over time) with an
+analytic gradient, so all costs are ``O(B·T·U)`` apart from the vocabulary-sized products.
 
 Conventions shared with :func:`just_asr.losses.rnnt.rnnt_loss` (torchaudio's semantics): from
 ``(t, u)`` an alignment moves to ``(t+1, u)`` with blank or to ``(t, u+1)`` emitting ``y_{u+1}``;
@@ -60,6 +60,8 @@ from typing import Callable
 import torch
 import torch.utils.checkpoint
 from torch import Tensor
+
+from just_asr.losses.lattice import forward_backward
 
 __all__ = [
     "PrunedRNNTOutput",
@@ -160,81 +162,7 @@ def _lattice_masks(logit_lengths: Tensor, target_lengths: Tensor, max_t: int, ma
 
 
 # ------------------------------------------------------------------------------------------------
-# the lattice: forward-backward over anti-diagonals with an analytic gradient
-
-
-def _skew(x: Tensor, fill: float) -> Tensor:
-    """``x: (B, T, U+1)`` -> ``(B, T+U, U+1)`` with ``out[b, n, u] = x[b, n-u, u]`` (``fill`` where
-    ``n-u`` is outside ``[0, T)``)."""
-    B, max_t, max_u1 = x.shape
-    n = torch.arange(max_t + max_u1 - 1, device=x.device)[:, None]
-    u = torch.arange(max_u1, device=x.device)[None, :]
-    t = n - u
-    ok = (t >= 0) & (t < max_t)
-    out = x[:, t.clamp(0, max_t - 1), u.expand_as(t)]
-    return out.masked_fill(~ok, fill)
-
-
-def _unskew(xs: Tensor, max_t: int, max_u1: int, shift_n: int = 0, shift_u: int = 0) -> Tensor:
-    """Inverse of :func:`_skew`: ``out[b, t, u] = xs[b, t+u+shift_n, u+shift_u]``, ``(B, T, U+1)``."""
-    t = torch.arange(max_t, device=xs.device)[:, None]
-    u = torch.arange(max_u1, device=xs.device)[None, :]
-    return xs[:, t + u + shift_n, (u + shift_u).expand(max_t, max_u1)]
-
-
-def _forward_backward(
-    lp_blank: Tensor, lp_emit: Tensor, logit_lengths: Tensor, target_lengths: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Alphas and betas of the transducer lattice.
-
-    Args:
-        lp_blank, lp_emit: ``(B, T, U+1)`` log-probabilities of the blank arc ``(t,u)->(t+1,u)``
-            and of the emit arc ``(t,u)->(t,u+1)``, already ``-inf`` where the arc does not exist.
-        logit_lengths, target_lengths: int64 ``(B,)``.
-
-    Returns:
-        ``(log_like (B,), log_node (B,T,U+1), log_blank_occ (B,T,U+1), log_emit_occ (B,T,U+1))``:
-        the total log-likelihood and the log posterior occupancies of nodes and arcs (``-inf``
-        where zero, and everywhere in a row whose likelihood is 0).
-    """
-    B, max_t, max_u1 = lp_blank.shape
-    n_diag = max_t + max_u1 - 1
-    pb = _skew(lp_blank, _NEG_INF)  # (B, N, U+1)
-    pe = _skew(lp_emit, _NEG_INF)
-    dev, dt = lp_blank.device, lp_blank.dtype
-
-    # alpha(t, u): log-probability of reaching (t, u) from (0, 0).
-    alpha = torch.full((B, n_diag, max_u1), _NEG_INF, dtype=dt, device=dev)
-    alpha[:, 0, 0] = 0.0
-    for n in range(1, n_diag):
-        prev = alpha[:, n - 1]
-        stay = prev + pb[:, n - 1]
-        if max_u1 > 1:
-            torch.logaddexp(stay[:, 1:], prev[:, :-1] + pe[:, n - 1, :-1], out=alpha[:, n, 1:])
-        alpha[:, n, 0] = stay[:, 0]
-
-    # beta(t, u): log-probability of finishing from (t, u); the virtual terminal (T_b, U_b) is 0.
-    beta = torch.full((B, n_diag + 1, max_u1 + 1), _NEG_INF, dtype=dt, device=dev)
-    term_n = logit_lengths + target_lengths  # diagonal of the terminal
-    rows = torch.arange(B, device=dev)
-    beta[rows, term_n, target_lengths] = 0.0
-    zero = torch.zeros((), dtype=dt, device=dev)
-    col = torch.arange(max_u1, device=dev)[None, :]
-    for n in range(n_diag - 1, -1, -1):
-        nxt = beta[:, n + 1]
-        val = torch.logaddexp(pb[:, n] + nxt[:, :-1], pe[:, n] + nxt[:, 1:])
-        # Keep the terminal's 0 where the terminal lies on this diagonal (it is a padding cell).
-        is_term = (term_n[:, None] == n) & (col == target_lengths[:, None])
-        beta[:, n, :-1] = torch.where(is_term, zero, val)
-
-    log_like = beta[:, 0, 0].clone()
-    ll = torch.where(torch.isfinite(log_like), log_like, torch.zeros_like(log_like))[:, None, None]
-    dead = ~torch.isfinite(log_like)[:, None, None]
-    a = _unskew(alpha, max_t, max_u1)
-    log_node = (a + _unskew(beta, max_t, max_u1) - ll).masked_fill(dead, _NEG_INF)
-    log_blank = (a + lp_blank + _unskew(beta, max_t, max_u1, shift_n=1) - ll).masked_fill(dead, _NEG_INF)
-    log_emit = (a + lp_emit + _unskew(beta, max_t, max_u1, shift_n=1, shift_u=1) - ll).masked_fill(dead, _NEG_INF)
-    return log_like, log_node, log_blank, log_emit
+# the lattice: forward-backward (losses.lattice) with an analytic gradient
 
 
 class _LatticeNLL(torch.autograd.Function):
@@ -244,7 +172,7 @@ class _LatticeNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lp_blank: Tensor, lp_emit: Tensor, logit_lengths: Tensor, target_lengths: Tensor):  # type: ignore[override]
         with torch.no_grad():
-            log_like, log_node, log_blank, log_emit = _forward_backward(
+            log_like, log_node, log_blank, log_emit = forward_backward(
                 lp_blank.detach(), lp_emit.detach(), logit_lengths, target_lengths
             )
         ctx.save_for_backward(log_blank, log_emit)

@@ -8,9 +8,9 @@ meaning, same values and gradients (including torchaudio's gradient clamping and
   chunk of about ``_CHUNK_ELEMENTS`` elements at a time (``logits[b, t0:t1]``, contiguous, with
   PyTorch's fused kernel) into one reused workspace and keeps only the blank and target
   log-probabilities ``(B, T, U+1)`` that the recursions need.
-* The forward (alpha) and backward (beta) recursions run over the anti-diagonals of the
-  ``(T, U+1)`` lattice: all cells with ``t + u = n`` are computed at once for the whole batch, so
-  a lattice costs ``T + U`` small vectorised steps instead of ``T · U`` scalar ones.
+* The forward (alpha) and backward (beta) recursions (:mod:`just_asr.losses.lattice`) run one
+  label column at a time for the whole batch, each column a cumulative log-sum-exp over time, so a
+  lattice costs ``U + 1`` small vectorised steps instead of ``T · U`` scalar ones.
 * A ``torch.autograd.Function`` computes the gradient with respect to the logits analytically in
   one chunked pass: ``softmax(logits) · occupancy(t, u)`` (fused softmax kernel, then one
   multiply), minus the blank and emit arc occupancies at their two entries per cell. The gradient
@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from just_asr.losses.lattice import forward_backward
 
 __all__ = ["rnnt_loss"]
 
@@ -241,73 +243,6 @@ def _chunked_log_probs(
     return lpb, lpe
 
 
-def _skew(x: Tensor, max_t: int, max_u1: int) -> Tensor:
-    """Re-index ``x: (B, T, U+1)`` by anti-diagonal: ``out[b, n, u] = x[b, n-u, u]``.
-
-    Returns ``(B, T+U, U+1)``; entries with ``n-u`` outside ``[0, T)`` are ``-inf``.
-    """
-    n_diag = max_t + max_u1 - 1
-    n = torch.arange(n_diag, device=x.device)[:, None]
-    u = torch.arange(max_u1, device=x.device)[None, :]
-    t = n - u
-    inside = (t >= 0) & (t < max_t)
-    out = x[:, t.clamp(0, max_t - 1), u.expand_as(t)]
-    return out.masked_fill(~inside, _NEG_INF)
-
-
-def _alphas(lpb_s: Tensor, lpe_s: Tensor) -> Tensor:
-    """Forward variables in skewed layout.
-
-    ``alpha(t, u)`` = log-probability of all partial alignments reaching cell ``(t, u)``:
-    ``alpha(0,0) = 0``, ``alpha(t,u) = lse(alpha(t-1,u) + blank(t-1,u), alpha(t,u-1) + emit(t,u-1))``.
-
-    Args:
-        lpb_s, lpe_s: ``(B, N, U+1)`` skewed blank / emit log-probs (``N = T + U``).
-    Returns:
-        ``(B, N, U+1)`` with ``out[b, n, u] = alpha(n-u, u)``.
-    """
-    B, n_diag, max_u1 = lpb_s.shape
-    alpha = torch.full_like(lpb_s, _NEG_INF)
-    alpha[:, 0, 0] = 0.0
-    for n in range(1, n_diag):
-        prev = alpha[:, n - 1]
-        stay = prev + lpb_s[:, n - 1]  # arrive from (t-1, u) by blank
-        if max_u1 > 1:
-            move = prev[:, :-1] + lpe_s[:, n - 1, :-1]  # arrive from (t, u-1) by emitting y_u
-            torch.logaddexp(stay[:, 1:], move, out=alpha[:, n, 1:])
-        alpha[:, n, 0] = stay[:, 0]
-    return alpha
-
-
-def _betas(lpb_s: Tensor, lpe_s: Tensor, t_len: list[int], u_len: list[int]) -> Tensor:
-    """Backward variables in skewed layout, with one extra diagonal and column.
-
-    ``beta(t, u)`` = log-probability of completing the alignment from cell ``(t, u)``, including
-    the final blank: ``beta(T_b-1, U_b) = blank(T_b-1, U_b)``,
-    ``beta(t,u) = lse(blank(t,u) + beta(t+1,u), emit(t,u) + beta(t,u+1))``. The virtual terminal
-    ``(T_b, U_b)`` holds 0 and every other cell outside the valid region is ``-inf``.
-
-    Returns:
-        ``(B, N+1, U+2)`` with ``out[b, n, u] = beta(n-u, u)``.
-    """
-    B, n_diag, max_u1 = lpb_s.shape
-    beta = torch.full((B, n_diag + 1, max_u1 + 1), _NEG_INF, dtype=lpb_s.dtype, device=lpb_s.device)
-    terminals: dict[int, list[int]] = {}
-    for b in range(B):
-        terminals.setdefault(t_len[b] + u_len[b], []).append(b)
-    for n, bs in terminals.items():
-        for b in bs:
-            beta[b, n, u_len[b]] = 0.0
-    for n in range(n_diag - 1, -1, -1):
-        nxt = beta[:, n + 1]
-        torch.logaddexp(lpb_s[:, n] + nxt[:, :-1], lpe_s[:, n] + nxt[:, 1:], out=beta[:, n, :-1])
-        # The terminal (T_b, U_b) is a padding cell of the lattice when T_b < max_T: the recursion
-        # just wrote -inf there, so put its 0 back.
-        for b in terminals.get(n, ()):
-            beta[b, n, u_len[b]] = 0.0
-    return beta
-
-
 class _RNNTLossFunction(torch.autograd.Function):
     """Per-utterance RNN-T costs ``(B,)`` with an analytic gradient for ``logits``."""
 
@@ -378,24 +313,14 @@ def _forward(
             lpe = logits.gather(3, tgt[:, None, :, None].expand(B, max_t, max_u1, 1)).squeeze(3).to(cd)
         lpb = lpb.masked_fill(~valid, _NEG_INF)
         lpe = lpe.masked_fill(~emit_ok, _NEG_INF)
-        lpb_s = _skew(lpb, max_t, max_u1)
-        lpe_s = _skew(lpe, max_t, max_u1)
-        beta_s = _betas(lpb_s, lpe_s, t_len, u_len)
-        log_like = beta_s[:, 0, 0].clone()  # (B,)
+        log_like, log_occ, log_blank, log_emit = forward_backward(
+            lpb, lpe, logit_lengths, target_lengths, occupancies=ctx.needs_input_grad[0]
+        )
         costs = -log_like
 
         if ctx.needs_input_grad[0]:
-            alpha_s = _alphas(lpb_s, lpe_s)
-            n_of = (t_idx + u_idx)[0]  # (T, U+1)
-            u_of = u_idx[0].expand_as(n_of)
-            alpha = alpha_s[:, n_of, u_of]
-            beta = beta_s[:, n_of, u_of]
-            beta_next_t = beta_s[:, n_of + 1, u_of]  # beta(t+1, u)
-            beta_next_u = beta_s[:, n_of + 1, u_of + 1]  # beta(t, u+1)
-            ll = log_like[:, None, None]
-            log_occ = (alpha + beta - ll).masked_fill(~valid, _NEG_INF)
-            log_blank = (alpha + lpb + beta_next_t - ll).masked_fill(~valid, _NEG_INF)
-            log_emit = (alpha + lpe + beta_next_u - ll).masked_fill(~emit_ok, _NEG_INF)
+            # the virtual terminal (T_b, U_b) is a padding cell when T_b < T: no occupancy there
+            log_occ = log_occ.masked_fill(~valid, _NEG_INF)
             ctx.save_for_backward(logits, log_occ, log_blank, log_emit, tgt)
             ctx.meta = (t_len, u1_len, blank, clamp, fused, reuse_logits, cd)
     return costs

@@ -1,0 +1,157 @@
+"""The transducer lattice's forward-backward (``just_asr.losses.lattice``): the column recursion
+against brute-force sums over alignments and against the anti-diagonal one, on full, banded
+(pruned), broken and dead lattices."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from just_asr.losses.lattice import forward_backward
+from just_asr.losses.pruned_rnnt import _lattice_masks, prune_bounds
+
+NEG_INF = float("-inf")
+
+
+def alignment_paths(T: int, U: int):
+    """Every alignment as its list of arcs (t, u, kind), kind "b" (blank) or "e" (emit); the last arc
+    is the blank leaving (T-1, U)."""
+    for emit_pos in itertools.combinations(range(T - 1 + U), U):
+        t = u = 0
+        arcs = []
+        for i in range(T - 1 + U):
+            if i in emit_pos:
+                arcs.append((t, u, "e"))
+                u += 1
+            else:
+                arcs.append((t, u, "b"))
+                t += 1
+        arcs.append((t, u, "b"))
+        yield arcs
+
+
+def brute_force(lpb: torch.Tensor, lpe: torch.Tensor, T: int, U: int):
+    """log-likelihood and arc/node posteriors of one utterance by enumerating alignments (float64)."""
+    scores, paths = [], []
+    for arcs in alignment_paths(T, U):
+        s = sum(float(lpb[t, u] if k == "b" else lpe[t, u]) for t, u, k in arcs)
+        scores.append(s)
+        paths.append(arcs)
+    ll = torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0)
+    shape = lpb.shape
+    blank = torch.zeros(shape, dtype=torch.float64)
+    emit = torch.zeros(shape, dtype=torch.float64)
+    node = torch.zeros(shape, dtype=torch.float64)
+    if math.isinf(float(ll)):
+        return float(ll), node, blank, emit
+    for s, arcs in zip(scores, paths):
+        w = math.exp(s - float(ll))
+        for t, u, k in arcs:
+            (blank if k == "b" else emit)[t, u] += w
+            node[t, u] += w
+    return float(ll), node, blank, emit
+
+
+def masked_problem(seed: int, B: int, T: int, U1: int, t_lens, u_lens, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, U1, 3, generator=g, dtype=torch.float64) * 2
+    lp = logits.log_softmax(-1)
+    tl, ul = torch.tensor(t_lens), torch.tensor(u_lens)
+    node_ok, emit_ok = _lattice_masks(tl, ul, T, U1)
+    lpb = lp[..., 0].masked_fill(~node_ok, NEG_INF).to(dtype)
+    lpe = lp[..., 1].masked_fill(~emit_ok, NEG_INF).to(dtype)
+    return lpb, lpe, tl, ul
+
+
+def check_against_brute_force(res, lpb, lpe, tl, ul) -> None:
+    log_like, log_node, log_blank, log_emit = res
+    for b in range(lpb.size(0)):
+        T, U = int(tl[b]), int(ul[b])
+        ll, node, blank, emit = brute_force(lpb[b].double(), lpe[b].double(), T, U)
+        assert float(log_like[b]) == pytest.approx(ll, abs=1e-10)
+        torch.testing.assert_close(log_blank[b].exp().double(), blank, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(log_emit[b].exp().double(), emit, rtol=1e-9, atol=1e-12)
+        # nodes inside the utterance's lattice (the virtual terminal's padding row is the caller's)
+        torch.testing.assert_close(log_node[b, :T, : U + 1].exp().double(), node[:T, : U + 1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["columns", "diagonals", "auto"])
+def test_full_lattice_equals_brute_force(method: str) -> None:
+    # full-length rows, short rows, no labels, one frame
+    lpb, lpe, tl, ul = masked_problem(0, 5, 5, 4, [5, 3, 4, 1, 2], [3, 2, 0, 2, 3])
+    check_against_brute_force(forward_backward(lpb, lpe, tl, ul, method=method), lpb, lpe, tl, ul)
+
+
+def test_columns_and_diagonals_agree_on_random_lattices() -> None:
+    for seed in range(6):
+        g = torch.Generator().manual_seed(100 + seed)
+        B, T, U1 = 4, int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 7, (1,), generator=g))
+        tl = torch.randint(1, T + 1, (B,), generator=g)
+        ul = torch.randint(0, U1, (B,), generator=g)
+        lpb, lpe, tl, ul = masked_problem(seed, B, T, U1, tl.tolist(), ul.tolist())
+        a = forward_backward(lpb, lpe, tl, ul, method="columns")
+        d = forward_backward(lpb, lpe, tl, ul, method="diagonals")
+        for x, y in zip(a, d):
+            assert torch.equal(torch.isinf(x), torch.isinf(y))
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+        only_ll = forward_backward(lpb, lpe, tl, ul, occupancies=False)
+        assert only_ll[1:] == (None, None, None)
+        torch.testing.assert_close(only_ll[0], a[0], rtol=1e-12, atol=1e-12)
+
+
+def test_pruned_band_takes_the_column_path_and_equals_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    import just_asr.losses.lattice as lattice
+
+    B, T, U1, S = 3, 6, 5, 2
+    lpb, lpe, tl, ul = masked_problem(7, B, T, U1, [6, 5, 6], [4, 3, 2])
+    occ = torch.rand(B, T, U1, generator=torch.Generator().manual_seed(1))
+    bounds = prune_bounds(occ, tl, ul, S)  # monotone windows: one run of blank arcs per column
+    band = torch.zeros(B, T, U1, dtype=torch.bool)
+    band.scatter_(2, bounds[:, :, None] + torch.arange(S)[None, None, :], True)
+    lpb, lpe = lpb.masked_fill(~band, NEG_INF), lpe.masked_fill(~band, NEG_INF)
+    assert torch.isinf(lpb[:, : int(tl.min())]).any()  # the band does cut columns
+
+    monkeypatch.setattr(lattice, "_by_diagonals", lambda *a: pytest.fail("fell back to diagonals"))
+    check_against_brute_force(forward_backward(lpb, lpe, tl, ul), lpb, lpe, tl, ul)
+
+
+def test_two_runs_in_a_column_fall_back_to_diagonals() -> None:
+    lpb, lpe, tl, ul = masked_problem(3, 2, 6, 3, [6, 6], [2, 2])
+    lpb[0, 2, 1] = NEG_INF  # column 1 of utterance 0: blank arcs 0-1 and 3-5, cut at 2
+    with pytest.raises(ValueError, match="more than one run"):
+        forward_backward(lpb, lpe, tl, ul, method="columns")
+    res = forward_backward(lpb, lpe, tl, ul)
+    check_against_brute_force(res, lpb, lpe, tl, ul)
+    with pytest.raises(ValueError, match="method"):
+        forward_backward(lpb, lpe, tl, ul, method="rows")
+
+
+@pytest.mark.parametrize("method", ["columns", "diagonals"])
+def test_dead_utterance_has_zero_likelihood_and_no_occupancy(method: str) -> None:
+    lpb, lpe, tl, ul = masked_problem(4, 2, 4, 3, [4, 4], [2, 2])
+    lpe[1, :, 1] = NEG_INF  # utterance 1 can never emit its second label
+    log_like, node, blank, emit = forward_backward(lpb, lpe, tl, ul, method=method)
+    assert log_like[1] == NEG_INF and math.isfinite(float(log_like[0]))
+    for x in (node, blank, emit):
+        assert torch.isneginf(x[1]).all() and torch.isfinite(x[0]).any()
+
+
+def test_nan_propagates_instead_of_cutting_the_lattice() -> None:
+    lpb, lpe, tl, ul = masked_problem(5, 1, 4, 3, [4], [2])
+    lpb[0, 1, 0] = float("nan")
+    assert torch.isnan(forward_backward(lpb, lpe, tl, ul)[0]).all()
+
+
+def test_float32_lattice_is_summed_in_float64() -> None:
+    # MLS-like length: 400 frames of blank log-probs near -3 make the running sums reach ~-1200
+    B, T, U1 = 2, 400, 31
+    lpb, lpe, tl, ul = masked_problem(6, B, T, U1, [400, 350], [30, 20])
+    res64 = forward_backward(lpb, lpe, tl, ul, method="diagonals")
+    res32 = forward_backward(lpb.float(), lpe.float(), tl, ul, method="columns")
+    assert res32[0].dtype == torch.float32 and res32[1].dtype == torch.float32
+    torch.testing.assert_close(res32[0].double(), res64[0], rtol=1e-6, atol=0)
+    fin = torch.isfinite(res64[2])
+    torch.testing.assert_close(res32[2].double()[fin].exp(), res64[2][fin].exp(), rtol=0, atol=1e-6)
