@@ -82,7 +82,8 @@ def _occupancies(
     alpha: Tensor, beta: Tensor, lpb: Tensor, lpe: Tensor, occupancies: bool, out_dtype: torch.dtype
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """From ``alpha (B, T, U+1)`` and ``beta (B, T+1, U+2)`` (row ``T`` and column ``U+1`` for the
-    arcs that leave the lattice) in the same dtype as ``lpb``/``lpe``."""
+    arcs that leave the lattice); sums in ``alpha``'s dtype (``lpb``/``lpe`` are promoted to it),
+    results in ``out_dtype``."""
     max_t, max_u1 = lpb.shape[1:]
     log_like = beta[:, 0, 0].clone()
     if not occupancies:
@@ -90,10 +91,14 @@ def _occupancies(
     alive = torch.isfinite(log_like)
     ll = torch.where(alive, log_like, torch.zeros_like(log_like))[:, None, None]
     dead = ~alive[:, None, None]
-    log_node = (alpha + beta[:, :max_t, :max_u1] - ll).masked_fill(dead, _NEG_INF)
-    log_blank = (alpha + lpb + beta[:, 1:, :max_u1] - ll).masked_fill(dead, _NEG_INF)
-    log_emit = (alpha + lpe + beta[:, :max_t, 1:] - ll).masked_fill(dead, _NEG_INF)
-    return log_like.to(out_dtype), log_node.to(out_dtype), log_blank.to(out_dtype), log_emit.to(out_dtype)
+
+    def occ(x: Tensor, beta_part: Tensor) -> Tensor:  # one temporary in alpha's dtype at a time
+        return x.add_(beta_part).sub_(ll).masked_fill_(dead, _NEG_INF).to(out_dtype)
+
+    log_node = occ(alpha.clone(), beta[:, :max_t, :max_u1])
+    log_blank = occ(alpha + lpb, beta[:, 1:, :max_u1])
+    log_emit = occ(alpha + lpe, beta[:, :max_t, 1:])
+    return log_like.to(out_dtype), log_node, log_blank, log_emit
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,31 +111,36 @@ def _by_columns(
     B, max_t, max_u1 = lp_blank.shape
     dev = lp_blank.device
     f64 = torch.float64
-    lpb = lp_blank.to(f64)
-    lpe = lp_emit.to(f64)
-    # Column-major (U+1, B, T) copies: each step of the loop works on one contiguous (B, T) slab.
-    bc = lpb.permute(2, 0, 1)
+    # Column-major (U+1, B, T) layouts: each step of the loops works on one contiguous (B, T) slab.
+    bc = lp_blank.permute(2, 0, 1)
     cut = bc == _NEG_INF  # blank arc t -> t+1 missing (NaN is not a cut: it propagates)
     run_start = ~cut
     run_start[..., 1:] &= cut[..., :-1]
-    n_runs = run_start.sum(-1)  # (U+1, B)
+    n_runs = run_start.sum(-1, dtype=torch.int32)  # (U+1, B)
     if bool((n_runs > 1).any()):
         return None
-    # C(t) = sum of the present blank arcs before node t, for nodes t = 0..T (T: the row after the
-    # last frame, where the virtual terminal of a full-length utterance sits).
-    csum = F.pad(bc.masked_fill(cut, 0.0).cumsum(-1), (1, 0))  # (U+1, B, T+1)
-    seg = F.pad(cut.cumsum(-1), (1, 0))  # segment id of each node: cuts before it
+    # Nodes t = 0..T (T: the row after the last frame, where the virtual terminal of a full-length
+    # utterance sits). seg: segment id of each node (cuts before it); the nodes joined by a
+    # column's run of blank arcs are those of the run's first arc's segment. The closed form
+    # applies to them; every other node is alone (no blank arc into or out of it).
+    seg = F.pad(cut.cumsum(-1, dtype=torch.int32), (1, 0))  # (U+1, B, T+1)
     first = run_start.to(torch.uint8).argmax(-1, keepdim=True)  # the run's first arc (0 if none)
-    # Nodes joined by the run: the closed form applies to them; every other node is alone.
-    joined = (seg == seg.gather(-1, first)) & (n_runs > 0)[..., None]  # (U+1, B, T+1)
-
-    ec = lpe.permute(2, 0, 1).contiguous()  # (U+1, B, T)
+    joined = (seg == seg.gather(-1, first)) & (n_runs > 0)[..., None]
+    del seg, run_start
+    # C(t) = sum of the present blank arcs before node t, in float64; kept only where it is used:
+    # -C on the joined nodes for alpha, +C time-reversed for beta (-inf elsewhere).
+    csum = F.pad(bc.to(f64, copy=True).masked_fill_(cut, 0.0).cumsum(-1), (1, 0))
+    del cut
+    csum.masked_fill_(~joined, _NEG_INF)
+    pos_c = csum.flip(-1)  # beta's +C, reversed time
+    neg_c = csum[..., :max_t].neg_().masked_fill_(~joined[..., :max_t], _NEG_INF)  # alpha's -C
+    del csum
+    ec = lp_emit.permute(2, 0, 1).to(f64).contiguous()  # (U+1, B, T)
+    rows = torch.arange(B, device=dev)
 
     alpha = None
     if occupancies:
-        c_a = csum[..., :max_t].contiguous()
         j_a = joined[..., :max_t].contiguous()
-        neg_c = torch.where(j_a, -c_a, _NEG_INF)
         alpha_c = torch.empty(max_u1, B, max_t, dtype=f64, device=dev)
         y = torch.full((B, max_t), _NEG_INF, dtype=f64, device=dev)
         y[:, 0] = 0.0  # the start node
@@ -138,28 +148,31 @@ def _by_columns(
             if u:
                 y = alpha_c[u - 1] + ec[u - 1]
             lse = torch.logcumsumexp(y + neg_c[u], dim=-1)
-            torch.where(j_a[u], lse + c_a[u], y, out=alpha_c[u])
+            torch.where(j_a[u], lse - neg_c[u], y, out=alpha_c[u])
         alpha = alpha_c.permute(1, 2, 0)  # (B, T, U+1)
+        del j_a, y
+    del neg_c
 
     # beta in reversed time: row r of the flipped tensors is node t = T - r.
-    c_r = csum.flip(-1)
     j_r = joined.flip(-1)
-    pos_c = torch.where(j_r, c_r, _NEG_INF)
+    del joined
     ec_r = F.pad(ec, (0, 1), value=_NEG_INF).flip(-1)  # no emit arcs on row T
+    del ec
     # the virtual terminal (T_b, U_b) starts the beta recursion with log 1 = 0
     seed = torch.zeros(max_u1, B, max_t + 1, dtype=torch.bool, device=dev)
-    rows = torch.arange(B, device=dev)
     seed[target_lengths.to(device=dev, dtype=torch.int64), rows, max_t - logit_lengths.to(device=dev, dtype=torch.int64)] = True
     beta_r = torch.empty(max_u1 + 1, B, max_t + 1, dtype=f64, device=dev)
     beta_r[max_u1] = _NEG_INF  # column U+1: nothing there
     for u in range(max_u1 - 1, -1, -1):
         w = (ec_r[u] + beta_r[u + 1]).masked_fill_(seed[u], 0.0)
         lse = torch.logcumsumexp(w + pos_c[u], dim=-1)
-        torch.where(j_r[u], lse - c_r[u], w, out=beta_r[u])
+        torch.where(j_r[u], lse - pos_c[u], w, out=beta_r[u])
+    del ec_r, pos_c, j_r, seed
     beta = beta_r.flip(-1).permute(1, 2, 0)  # (B, T+1, U+2)
+    del beta_r
     if alpha is None:
         alpha = beta  # unused
-    return _occupancies(alpha, beta, lpb, lpe, occupancies, lp_blank.dtype)
+    return _occupancies(alpha, beta, lp_blank, lp_emit, occupancies, lp_blank.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
