@@ -330,10 +330,12 @@ def test_attention_dropout_bool_mask_and_bf16_autocast_match_sdpa() -> None:
         sdpa = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bias)
     exact = _attention_reference(qb.double(), kb.double(), vb.double(), bias.double(), 1.0, 0.0)
     assert ours.dtype == torch.bfloat16
-    # float32 inside, one rounding to bf16 at the end: as close to the float64 result as SDPA is
-    err_ours = (ours.double() - exact).abs().max()
-    err_sdpa = (sdpa.double() - exact).abs().max()
-    assert err_ours <= 2 ** -8 * exact.abs().max() and err_ours <= 2 * err_sdpa + 1e-6
+    # float32 inside, one rounding to bf16 at the end: every element within one bf16 rounding of the
+    # exact result (unit roundoff 2^-8 relative; computing in bf16 throughout is off by up to 76%
+    # on near-zero elements here). SDPA is as close on average.
+    err = (ours.double() - exact).abs()
+    assert bool((err <= 2**-8 * exact.abs() + 1e-6).all())
+    assert err.mean() <= 1.5 * (sdpa.double() - exact).abs().mean()
 
 
 def test_attention_module_routes_cpu_training_dropout_to_the_fast_mask(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,3 +367,14 @@ def test_attention_module_routes_cpu_training_dropout_to_the_fast_mask(monkeypat
     att.dropout = 0.0  # no dropout in training either: SDPA
     torch.testing.assert_close(att(x, valid), ref)
     assert len(calls) == 3
+
+
+def test_attention_with_an_empty_utterance_matches_sdpa_in_training() -> None:
+    from just_asr.model.conformer import RelativeSelfAttention
+
+    att = RelativeSelfAttention(8, 2, dropout=0.2)
+    x = torch.randn(3, 5, 8)
+    valid = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [False] * 5])
+    torch.manual_seed(0)
+    out = att(x, valid)  # the batch goes to SDPA, whose fully masked rows give zeros, not NaN
+    assert torch.isfinite(out).all()

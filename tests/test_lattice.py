@@ -155,3 +155,64 @@ def test_float32_lattice_is_summed_in_float64() -> None:
     torch.testing.assert_close(res32[0].double(), res64[0], rtol=1e-6, atol=0)
     fin = torch.isfinite(res64[2])
     torch.testing.assert_close(res32[2].double()[fin].exp(), res64[2][fin].exp(), rtol=0, atol=1e-6)
+
+
+def test_cells_outside_the_run_take_their_emit_arrivals_alone() -> None:
+    # arbitrary -inf patterns (not only padding or bands): cells before and after a column's run of
+    # blank arcs are reached by emit arcs only, which the column path must keep
+    checked_outside = 0
+    for seed in range(60):
+        g = torch.Generator().manual_seed(1000 + seed)
+        B, T, U1 = 2, int(torch.randint(1, 7, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+        lp = torch.randn(B, T, U1, 3, generator=g, dtype=torch.float64).log_softmax(-1)
+        lpb, lpe = lp[..., 0].clone(), lp[..., 1].clone()
+        lpb[torch.rand(B, T, U1, generator=g) < 0.25] = NEG_INF
+        lpe[torch.rand(B, T, U1, generator=g) < 0.25] = NEG_INF
+        tl = torch.randint(1, T + 1, (B,), generator=g)
+        ul = torch.randint(0, U1, (B,), generator=g)
+        node_ok, emit_ok = _lattice_masks(tl, ul, T, U1)
+        lpb, lpe = lpb.masked_fill(~node_ok, NEG_INF), lpe.masked_fill(~emit_ok, NEG_INF)
+        try:
+            cols = forward_backward(lpb, lpe, tl, ul, method="columns")
+        except ValueError:
+            continue  # two runs in a column: the fallback's business
+        diag = forward_backward(lpb, lpe, tl, ul, method="diagonals")
+        for x, y in zip(cols, diag):
+            assert torch.equal(torch.isinf(x), torch.isinf(y))
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+        # count finite emit occupancies into cells that have no blank arc into them
+        into = torch.full_like(lpb, NEG_INF)
+        into[:, 1:] = lpb[:, :-1]
+        checked_outside += int((torch.isinf(into[:, :, 1:]) & torch.isfinite(cols[3][:, :, :-1])).sum())
+    assert checked_outside > 20
+
+
+def test_column_path_keeps_a_nan_at_the_end_of_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import just_asr.losses.lattice as lattice
+
+    monkeypatch.setattr(lattice, "_by_diagonals", lambda *a: pytest.fail("fell back to diagonals"))
+    lpb, lpe, tl, ul = masked_problem(8, 2, 4, 3, [4, 4], [2, 2])
+    lpb[1, 3, 2] = float("nan")  # the final blank of utterance 1
+    log_like, node, blank, emit = forward_backward(lpb, lpe, tl, ul)
+    assert torch.isnan(log_like[1]) and torch.isfinite(log_like[0])
+    assert torch.isnan(blank[1]).all() and not torch.isnan(blank[0]).any()  # NaN is not "dead"
+
+
+def test_huge_finite_log_probs_go_to_the_diagonals() -> None:
+    lpb, lpe, tl, ul = masked_problem(9, 1, 6, 3, [6], [2])
+    lpb[0, 1, 1] = -1e20  # a masking value given as a log-probability: the arc is as good as absent
+    with pytest.raises(ValueError, match="1e7"):
+        forward_backward(lpb, lpe, tl, ul, method="columns")
+    check_against_brute_force(forward_backward(lpb, lpe, tl, ul), lpb, lpe, tl, ul)
+    # the loss sees the same
+    from just_asr.losses import rnnt_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 6, 3, 4, generator=g, dtype=torch.float64).log_softmax(-1)
+    masked = logits.clone()
+    masked[0, 2, 1, 0] = torch.finfo(torch.float64).min / 2  # a blank log-probability
+    loss = rnnt_loss(masked, torch.tensor([[1, 2]]), torch.tensor([6]), torch.tensor([2]), fused_log_softmax=False)
+    cut = logits.clone()
+    cut[0, 2, 1, 0] = NEG_INF
+    ref = rnnt_loss(cut, torch.tensor([[1, 2]]), torch.tensor([6]), torch.tensor([2]), fused_log_softmax=False)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-12)

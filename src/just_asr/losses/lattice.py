@@ -6,7 +6,7 @@ From cell ``(t, u)`` an alignment moves to ``(t+1, u)`` with blank (log-probabil
 ``(T_b, U_b)``. :func:`forward_backward` returns the log-likelihood and the log posterior
 occupancies of nodes and arcs, from which both losses build their analytic gradients.
 
-Two ways to run the recursions, same results:
+Two ways to run the recursions:
 
 * **By columns** (the default whenever it applies). Along one label column ``u`` the forward
   recursion is a first-order linear recurrence in the log semiring,
@@ -21,9 +21,14 @@ Two ways to run the recursions, same results:
   lengths) cost no precision; outputs are cast back. A missing blank arc (``-inf``) cuts the column:
   the closed form holds within one run of present arcs, so it is used when every column holds at
   most one such run (true of the full lattice's padding and of the pruned loss's monotone bands;
-  cells outside the run have no blank arc into them, so their value is ``y`` alone).
+  cells outside the run have no blank arc into them, so their value is ``y`` alone) and no running
+  sum exceeds ``1e7`` in magnitude (huge finite log-probabilities such as ``-1e30`` used as masks
+  would swamp the float64 sums).
 * **By anti-diagonals** (every other lattice): all cells with ``t + u = n`` at once, ``T + U``
-  steps.
+  steps, in the input dtype.
+
+The two agree to rounding on finite inputs. With NaN inputs both give a NaN likelihood, except
+that the column path ignores a NaN on an arc that no alignment can reach (behind a ``-inf`` cut).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from torch import Tensor
 __all__ = ["forward_backward"]
 
 _NEG_INF = float("-inf")
+# Largest |running sum of blank log-probabilities| the column recursion accepts (rounding error
+# about 2e-9 nats there); larger ones go to the anti-diagonals.
+_MAX_RUNNING_SUM = 1e7
 
 
 def forward_backward(
@@ -56,7 +64,8 @@ def forward_backward(
         logit_lengths, target_lengths: int64 ``(B,)`` ``T_b`` (``1 <= T_b <= T``) and ``U_b``.
         occupancies: also return the three occupancy tensors (else ``None`` for them; only the
             beta recursion runs).
-        method: ``"auto"`` (columns when every column holds at most one run of blank arcs, else
+        method: ``"auto"`` (columns when every column holds at most one run of blank arcs and no
+            running sum of blank log-probabilities exceeds ``1e7`` in magnitude, else
             anti-diagonals), ``"columns"`` (raises ``ValueError`` when that does not hold) or
             ``"diagonals"``.
 
@@ -74,7 +83,10 @@ def forward_backward(
         if res is not None:
             return res
         if method == "columns":
-            raise ValueError("forward_backward: a column holds more than one run of blank arcs; use 'diagonals'")
+            raise ValueError(
+                "forward_backward: a column holds more than one run of blank arcs, or its blank "
+                "log-probabilities sum beyond 1e7 in magnitude; use 'diagonals'"
+            )
     return _by_diagonals(lp_blank, lp_emit, logit_lengths, target_lengths, occupancies)
 
 
@@ -88,9 +100,11 @@ def _occupancies(
     log_like = beta[:, 0, 0].clone()
     if not occupancies:
         return log_like.to(out_dtype), None, None, None
-    alive = torch.isfinite(log_like)
-    ll = torch.where(alive, log_like, torch.zeros_like(log_like))[:, None, None]
-    dead = ~alive[:, None, None]
+    # dead: no complete path (log_like = -inf). A NaN likelihood stays NaN everywhere, so that a NaN
+    # input surfaces in the loss and the gradient.
+    is_dead = log_like == _NEG_INF
+    ll = torch.where(is_dead, torch.zeros_like(log_like), log_like)[:, None, None]
+    dead = is_dead[:, None, None]
 
     def occ(x: Tensor, beta_part: Tensor) -> Tensor:  # one temporary in alpha's dtype at a time
         return x.add_(beta_part).sub_(ll).masked_fill_(dead, _NEG_INF).to(out_dtype)
@@ -117,8 +131,6 @@ def _by_columns(
     run_start = ~cut
     run_start[..., 1:] &= cut[..., :-1]
     n_runs = run_start.sum(-1, dtype=torch.int32)  # (U+1, B)
-    if bool((n_runs > 1).any()):
-        return None
     # Nodes t = 0..T (T: the row after the last frame, where the virtual terminal of a full-length
     # utterance sits). seg: segment id of each node (cuts before it); the nodes joined by a
     # column's run of blank arcs are those of the run's first arc's segment. The closed form
@@ -132,6 +144,11 @@ def _by_columns(
     csum = F.pad(bc.to(f64, copy=True).masked_fill_(cut, 0.0).cumsum(-1), (1, 0))
     del cut
     csum.masked_fill_(~joined, _NEG_INF)
+    # The closed form's rounding error is about 2e-16 |C|: fine for any real lattice (|C| of a few
+    # thousand nats), not for masking values such as -1e30 passed as log-probabilities. One sync
+    # for both conditions.
+    if bool((n_runs > 1).any() | (csum.abs().masked_fill_(~joined, 0.0).amax() > _MAX_RUNNING_SUM)):
+        return None
     pos_c = csum.flip(-1)  # beta's +C, reversed time
     neg_c = csum[..., :max_t].neg_().masked_fill_(~joined[..., :max_t], _NEG_INF)  # alpha's -C
     del csum

@@ -16,9 +16,12 @@ meaning, same values and gradients (including torchaudio's gradient clamping and
   multiply), minus the blank and emit arc occupancies at their two entries per cell. The gradient
   is written into a freshly allocated tensor (the only full-size allocation), or, with
   ``reuse_logits_for_grads=True``, straight into the caller's logits storage.
-* All lattice arithmetic is float32 (float64 if the logits are float64, which is useful for
-  ``torch.autograd.gradcheck``); bf16/fp16 logits and autocast are handled by casting inside, and
-  the loss is float32.
+* The log-softmax and gradient passes are float32 (float64 if the logits are float64, which is
+  useful for ``torch.autograd.gradcheck``), the lattice recursions float64 (or the logits' dtype
+  on the rare lattices that fall back to anti-diagonals); bf16/fp16 logits and autocast are
+  handled by casting inside, and the loss is float32 (float64 for float64 logits).
+* A NaN log-probability makes that utterance's loss and gradient NaN; an utterance with no
+  complete path (only possible with ``-inf`` log-probabilities) gets ``+inf`` and zero gradient.
 
 Example::
 

@@ -213,7 +213,9 @@ class RelativeSelfAttention(nn.Module):
         else:
             mask = key_ok
         p = self.dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if p > 0.0 and x.device.type == "cpu" and bool(valid.any(dim=1).all()):
+            # (an utterance without a single valid frame is left to SDPA, whose softmax gives such
+            # fully masked rows zeros instead of NaN)
             out = _attention_with_fast_dropout(q, k, v, mask, p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, dh)
@@ -228,8 +230,11 @@ def _attention_with_fast_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, 
     element on the project's AMD machine, 15% of a tiny JUST training step at 15 s utterances
     (``BENCHMARKS.md``). The integer-draw mask of :class:`Dropout` is several times cheaper. The
     rest is the math path's arithmetic: bf16/fp16 inputs are computed in float32 (so under autocast
-    the scores are not rounded to bf16 before the softmax; float64 stays float64), the scale goes
-    on the query, the mask is added (float) or masks keys (bool), and the result has ``q``'s dtype.
+    the scores are not rounded to bf16 before the softmax; float64 stays float64), the mask is
+    added (float) or masks keys (bool), and the result has ``q``'s dtype. Two differences: the
+    scale ``1/sqrt(head_dim)`` multiplies the query alone (the math path puts its square root on
+    both ``q`` and ``k``: equal up to rounding), and a query row whose keys are all masked gives NaN
+    (the math path's softmax gives zeros; the module sends such batches to SDPA).
     """
     out_dtype = q.dtype
     cd = torch.promote_types(q.dtype, torch.float32)
