@@ -216,3 +216,22 @@ def test_huge_finite_log_probs_go_to_the_diagonals() -> None:
     cut[0, 2, 1, 0] = NEG_INF
     ref = rnnt_loss(cut, torch.tensor([[1, 2]]), torch.tensor([6]), torch.tensor([2]), fused_log_softmax=False)
     assert float(loss) == pytest.approx(float(ref), rel=1e-12)
+
+
+def test_lattice_benchmark_prints_its_table() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "lattice.py"), "--shapes", "2,6,3", "3,4,2", "--repeats", "1",
+         "--threads", "1"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 2 x 6 x 3 |") or line.startswith("| 3 x 4 x 2 |")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("x")
+        assert float(cells[4]) < 1e-4  # float32 diagonals vs float64 columns on a tiny lattice
