@@ -235,3 +235,15 @@ def test_lattice_benchmark_prints_its_table() -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[1]) > 0 and float(cells[2]) > 0 and cells[3].endswith("x")
         assert float(cells[4]) < 1e-4  # float32 diagonals vs float64 columns on a tiny lattice
+
+
+@pytest.mark.parametrize("method", ["auto", "columns", "diagonals"])
+def test_empty_batch(method: str) -> None:
+    from just_asr.losses import lattice_nll
+
+    empty = torch.zeros(0, 5, 3)
+    lengths = torch.zeros(0, dtype=torch.int64)
+    log_like, node, blank, emit = forward_backward(empty, empty, lengths, lengths, method=method)
+    assert log_like.shape == (0,) and node.shape == blank.shape == emit.shape == (0, 5, 3)
+    nll, occ = lattice_nll(empty, empty, lengths, lengths)
+    assert nll.shape == (0,) and occ.shape == (0, 5, 3)

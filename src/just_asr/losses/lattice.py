@@ -147,7 +147,7 @@ def _by_columns(
     # The closed form's rounding error is about 2e-16 |C|: fine for any real lattice (|C| of a few
     # thousand nats), not for masking values such as -1e30 passed as log-probabilities. One sync
     # for both conditions.
-    if bool((n_runs > 1).any() | (csum.abs().masked_fill_(~joined, 0.0).amax() > _MAX_RUNNING_SUM)):
+    if bool((n_runs > 1).any() | (csum.abs().masked_fill_(~joined, 0.0) > _MAX_RUNNING_SUM).any()):
         return None
     pos_c = csum.flip(-1)  # beta's +C, reversed time
     neg_c = csum[..., :max_t].neg_().masked_fill_(~joined[..., :max_t], _NEG_INF)  # alpha's -C
