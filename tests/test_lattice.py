@@ -247,3 +247,16 @@ def test_empty_batch(method: str) -> None:
     assert log_like.shape == (0,) and node.shape == blank.shape == emit.shape == (0, 5, 3)
     nll, occ = lattice_nll(empty, empty, lengths, lengths)
     assert nll.shape == (0,) and occ.shape == (0, 5, 3)
+
+
+def test_lattice_nll_rejects_lengths_outside_the_lattice() -> None:
+    from just_asr.losses import lattice_nll
+
+    x = torch.randn(2, 4, 3).log_softmax(-1)
+    ok = lattice_nll(x, x, torch.tensor([4, 2]), torch.tensor([2, 0]))[0]
+    assert torch.isfinite(ok).all()
+    for tl, ul in [([5, 4], [2, 1]), ([0, 4], [2, 1]), ([4, 4], [3, 1]), ([4, 4], [-1, 1])]:
+        with pytest.raises(ValueError, match="1 <= T_b <= 4 and 0 <= U_b <= 2"):
+            lattice_nll(x, x, torch.tensor(tl), torch.tensor(ul))
+    with pytest.raises(ValueError, match="must be \\(2,\\)"):
+        lattice_nll(x, x, torch.tensor([4]), torch.tensor([2]))

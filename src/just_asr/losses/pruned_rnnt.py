@@ -211,6 +211,12 @@ def lattice_nll(
         raise ValueError(f"lattice_nll: lp_emit {tuple(lp_emit.shape)} and lp_blank {tuple(lp_blank.shape)} differ")
     tl = logit_lengths.to(device=lp_blank.device, dtype=torch.int64)
     ul = target_lengths.to(device=lp_blank.device, dtype=torch.int64)
+    if tl.shape != (B,) or ul.shape != (B,):
+        raise ValueError(f"lattice_nll: logit_lengths and target_lengths must be ({B},), got "
+                         f"{tuple(tl.shape)} and {tuple(ul.shape)}")
+    if B and bool((tl < 1).any() | (tl > max_t).any() | (ul < 0).any() | (ul >= max_u1).any()):
+        raise ValueError(f"lattice_nll: lengths must satisfy 1 <= T_b <= {max_t} and 0 <= U_b <= {max_u1 - 1} "
+                         f"(the lattice is {max_t} x {max_u1}), got T_b {tl.tolist()}, U_b {ul.tolist()}")
     node_ok, emit_ok = _lattice_masks(tl, ul, max_t, max_u1)
     lpb = lp_blank.masked_fill(~node_ok, _NEG_INF)
     lpe = lp_emit.masked_fill(~emit_ok, _NEG_INF)
