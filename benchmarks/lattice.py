@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from just_asr.losses.lattice import forward_backward  # noqa: E402
-from just_asr.losses.pruned_rnnt import _lattice_masks  # noqa: E402
+from just_asr.losses.lattice import lattice_masks  # noqa: E402
 
 
 def lattice(B: int, T: int, U1: int, device: str, seed: int = 0):
@@ -40,7 +40,7 @@ def lattice(B: int, T: int, U1: int, device: str, seed: int = 0):
     lp = torch.randn(B, T, U1, 3, generator=g).log_softmax(-1)
     tl = torch.linspace(T, max(1, round(T * 0.6)), B).round().long()
     ul = torch.linspace(U1 - 1, (U1 - 1) * 0.5, B).round().long()
-    node_ok, emit_ok = _lattice_masks(tl, ul, T, U1)
+    node_ok, emit_ok = lattice_masks(tl, ul, T, U1)
     lpb = lp[..., 0].masked_fill(~node_ok, float("-inf"))
     lpe = lp[..., 1].masked_fill(~emit_ok, float("-inf"))
     return lpb.to(device), lpe.to(device), tl.to(device), ul.to(device)

@@ -92,13 +92,13 @@ def test_pruned_rnnt_loss_matches_cpu() -> None:
 
 def test_lattice_columns_on_gpu_match_diagonals_on_cpu() -> None:
     from just_asr.losses.lattice import forward_backward
-    from just_asr.losses.pruned_rnnt import _lattice_masks
+    from just_asr.losses.lattice import lattice_masks
 
     g = torch.Generator().manual_seed(2)
     B, T, U1 = 3, 60, 12
     lp = torch.randn(B, T, U1, 3, generator=g, dtype=torch.float64).log_softmax(-1)
     tl, ul = torch.tensor([60, 41, 7]), torch.tensor([11, 6, 0])
-    node_ok, emit_ok = _lattice_masks(tl, ul, T, U1)
+    node_ok, emit_ok = lattice_masks(tl, ul, T, U1)
     lpb, lpe = lp[..., 0].masked_fill(~node_ok, float("-inf")), lp[..., 1].masked_fill(~emit_ok, float("-inf"))
     cpu = forward_backward(lpb, lpe, tl, ul, method="diagonals")
     gpu = forward_backward(lpb.cuda(), lpe.cuda(), tl.cuda(), ul.cuda(), method="columns")

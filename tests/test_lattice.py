@@ -4,39 +4,23 @@ against brute-force sums over alignments and against the anti-diagonal one, on f
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
 
-from just_asr.losses.lattice import forward_backward
-from just_asr.losses.pruned_rnnt import _lattice_masks, prune_bounds
+from lattice_helpers import alignments
+
+from just_asr.losses.lattice import forward_backward, lattice_masks
+from just_asr.losses.pruned_rnnt import prune_bounds
 
 NEG_INF = float("-inf")
-
-
-def alignment_paths(T: int, U: int):
-    """Every alignment as its list of arcs (t, u, kind), kind "b" (blank) or "e" (emit); the last arc
-    is the blank leaving (T-1, U)."""
-    for emit_pos in itertools.combinations(range(T - 1 + U), U):
-        t = u = 0
-        arcs = []
-        for i in range(T - 1 + U):
-            if i in emit_pos:
-                arcs.append((t, u, "e"))
-                u += 1
-            else:
-                arcs.append((t, u, "b"))
-                t += 1
-        arcs.append((t, u, "b"))
-        yield arcs
 
 
 def brute_force(lpb: torch.Tensor, lpe: torch.Tensor, T: int, U: int):
     """log-likelihood and arc/node posteriors of one utterance by enumerating alignments (float64)."""
     scores, paths = [], []
-    for arcs in alignment_paths(T, U):
+    for arcs in alignments(T, U):
         s = sum(float(lpb[t, u] if k == "b" else lpe[t, u]) for t, u, k in arcs)
         scores.append(s)
         paths.append(arcs)
@@ -60,7 +44,7 @@ def masked_problem(seed: int, B: int, T: int, U1: int, t_lens, u_lens, dtype=tor
     logits = torch.randn(B, T, U1, 3, generator=g, dtype=torch.float64) * 2
     lp = logits.log_softmax(-1)
     tl, ul = torch.tensor(t_lens), torch.tensor(u_lens)
-    node_ok, emit_ok = _lattice_masks(tl, ul, T, U1)
+    node_ok, emit_ok = lattice_masks(tl, ul, T, U1)
     lpb = lp[..., 0].masked_fill(~node_ok, NEG_INF).to(dtype)
     lpe = lp[..., 1].masked_fill(~emit_ok, NEG_INF).to(dtype)
     return lpb, lpe, tl, ul
@@ -170,7 +154,7 @@ def test_cells_outside_the_run_take_their_emit_arrivals_alone() -> None:
         lpe[torch.rand(B, T, U1, generator=g) < 0.25] = NEG_INF
         tl = torch.randint(1, T + 1, (B,), generator=g)
         ul = torch.randint(0, U1, (B,), generator=g)
-        node_ok, emit_ok = _lattice_masks(tl, ul, T, U1)
+        node_ok, emit_ok = lattice_masks(tl, ul, T, U1)
         lpb, lpe = lpb.masked_fill(~node_ok, NEG_INF), lpe.masked_fill(~emit_ok, NEG_INF)
         try:
             cols = forward_backward(lpb, lpe, tl, ul, method="columns")

@@ -3,12 +3,13 @@ sub-batched full joiner + loss."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
 import pytest
 import torch
+
+from lattice_helpers import alignments
 
 from just_asr.losses.pruned_rnnt import (
     gather_pruned,
@@ -40,24 +41,6 @@ def rand_problem(seed: int, B: int, T: int, U: int, V: int, t_lens: list[int], u
         t_lens=torch.tensor(t_lens),
         u_lens=torch.tensor(u_lens),
     )
-
-
-def alignments(T: int, U: int):
-    """Every alignment of U labels in T frames as a list of visited (t, u, move) with move in
-    {"b", "e"}; the final move is the blank leaving (T-1, U)."""
-    for emit_pos in itertools.combinations(range(T - 1 + U), U):
-        t = u = 0
-        path = []
-        es = set(emit_pos)
-        for i in range(T - 1 + U):
-            if i in es:
-                path.append((t, u, "e"))
-                u += 1
-            else:
-                path.append((t, u, "b"))
-                t += 1
-        path.append((t, u, "b"))
-        yield path
 
 
 def brute_force_nll(logp: torch.Tensor, y: list[int], T: int, U: int, blank: int,

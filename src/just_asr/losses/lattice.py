@@ -16,9 +16,10 @@ Two ways to run the recursions:
   log-probabilities ``blank(0..t-1, u)``. The beta recursion is the same in reverse time. So a
   lattice costs about 11 vectorised ops per label position (``U + 1`` steps) instead of 13 per
   anti-diagonal (``T + U`` steps): on a GPU, where each op is a kernel launch that costs the host
-  10-20 us, the two lattices of the pruned loss went from ~14,000 launches per step to ~2,000
-  (``BENCHMARKS.md``). It is done in float64, so the running sums ``C`` (hundreds of nats at MLS
-  lengths) cost no precision; outputs are cast back. A missing blank arc (``-inf``) cuts the column:
+  10-20 us, that is about 2,000 launches for the pruned loss's two lattices at B=32 x 15 s where
+  the anti-diagonals took ~14,000 (the profiled ``aten::add`` calls per step fell from 4,798 to
+  1,202; the step 1.6x faster on an H100: ``BENCHMARKS.md``). It is done in float64, so the
+  running sums ``C`` (hundreds of nats at MLS lengths) cost no precision; outputs are cast back. A missing blank arc (``-inf``) cuts the column:
   the closed form holds within one run of present arcs, so it is used when every column holds at
   most one such run (true of the full lattice's padding and of the pruned loss's monotone bands;
   cells outside the run have no blank arc into them, so their value is ``y`` alone) and no running
@@ -37,12 +38,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["forward_backward"]
+__all__ = ["forward_backward", "lattice_masks"]
 
 _NEG_INF = float("-inf")
 # Largest |running sum of blank log-probabilities| the column recursion accepts (rounding error
 # about 2e-9 nats there); larger ones go to the anti-diagonals.
 _MAX_RUNNING_SUM = 1e7
+
+
+def lattice_masks(logit_lengths: Tensor, target_lengths: Tensor, max_t: int, max_u1: int) -> tuple[Tensor, Tensor]:
+    """``(node_ok, emit_ok)``, bool ``(B, T, U+1)``: valid nodes (``t < T_b``, ``u <= U_b``) and
+    nodes with an outgoing emit arc (``t < T_b``, ``u < U_b``); on the lengths' device."""
+    dev = logit_lengths.device
+    t = torch.arange(max_t, device=dev)[None, :, None]
+    u = torch.arange(max_u1, device=dev)[None, None, :]
+    t_ok = t < logit_lengths[:, None, None]
+    return t_ok & (u <= target_lengths[:, None, None]), t_ok & (u < target_lengths[:, None, None])
 
 
 def forward_backward(
@@ -90,15 +101,15 @@ def forward_backward(
     return _by_diagonals(lp_blank, lp_emit, logit_lengths, target_lengths, occupancies)
 
 
-def _occupancies(
-    alpha: Tensor, beta: Tensor, lpb: Tensor, lpe: Tensor, occupancies: bool, out_dtype: torch.dtype
+def _result(
+    alpha: Tensor | None, beta: Tensor, lpb: Tensor, lpe: Tensor, out_dtype: torch.dtype
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """From ``alpha (B, T, U+1)`` and ``beta (B, T+1, U+2)`` (row ``T`` and column ``U+1`` for the
-    arcs that leave the lattice); sums in ``alpha``'s dtype (``lpb``/``lpe`` are promoted to it),
-    results in ``out_dtype``."""
+    """``forward_backward``'s result from ``beta (B, T+1, U+2)`` (row ``T`` and column ``U+1`` for
+    the arcs that leave the lattice) and, for the occupancies, ``alpha (B, T, U+1)``; sums in
+    ``alpha``'s dtype (``lpb``/``lpe`` are promoted to it), results in ``out_dtype``."""
     max_t, max_u1 = lpb.shape[1:]
     log_like = beta[:, 0, 0].clone()
-    if not occupancies:
+    if alpha is None:
         return log_like.to(out_dtype), None, None, None
     # dead: no complete path (log_like = -inf). A NaN likelihood stays NaN everywhere, so that a NaN
     # input surfaces in the loss and the gradient.
@@ -150,13 +161,11 @@ def _by_columns(
     if bool((n_runs > 1).any() | (csum.abs().masked_fill_(~joined, 0.0) > _MAX_RUNNING_SUM).any()):
         return None
     pos_c = csum.flip(-1)  # beta's +C, reversed time
-    neg_c = csum[..., :max_t].neg_().masked_fill_(~joined[..., :max_t], _NEG_INF)  # alpha's -C
-    del csum
     ec = lp_emit.permute(2, 0, 1).to(f64).contiguous()  # (U+1, B, T)
-    rows = torch.arange(B, device=dev)
 
     alpha = None
     if occupancies:
+        neg_c = csum[..., :max_t].neg_().masked_fill_(~joined[..., :max_t], _NEG_INF)  # alpha's -C
         j_a = joined[..., :max_t].contiguous()
         alpha_c = torch.empty(max_u1, B, max_t, dtype=f64, device=dev)
         y = torch.full((B, max_t), _NEG_INF, dtype=f64, device=dev)
@@ -167,8 +176,8 @@ def _by_columns(
             lse = torch.logcumsumexp(y + neg_c[u], dim=-1)
             torch.where(j_a[u], lse - neg_c[u], y, out=alpha_c[u])
         alpha = alpha_c.permute(1, 2, 0)  # (B, T, U+1)
-        del j_a, y
-    del neg_c
+        del j_a, y, neg_c
+    del csum
 
     # beta in reversed time: row r of the flipped tensors is node t = T - r.
     j_r = joined.flip(-1)
@@ -177,6 +186,7 @@ def _by_columns(
     del ec
     # the virtual terminal (T_b, U_b) starts the beta recursion with log 1 = 0
     seed = torch.zeros(max_u1, B, max_t + 1, dtype=torch.bool, device=dev)
+    rows = torch.arange(B, device=dev)
     seed[target_lengths.to(device=dev, dtype=torch.int64), rows, max_t - logit_lengths.to(device=dev, dtype=torch.int64)] = True
     beta_r = torch.empty(max_u1 + 1, B, max_t + 1, dtype=f64, device=dev)
     beta_r[max_u1] = _NEG_INF  # column U+1: nothing there
@@ -187,9 +197,7 @@ def _by_columns(
     del ec_r, pos_c, j_r, seed
     beta = beta_r.flip(-1).permute(1, 2, 0)  # (B, T+1, U+2)
     del beta_r
-    if alpha is None:
-        alpha = beta  # unused
-    return _occupancies(alpha, beta, lp_blank, lp_emit, occupancies, lp_blank.dtype)
+    return _result(alpha, beta, lp_blank, lp_emit, lp_blank.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,7 +252,7 @@ def _by_diagonals(
     # unskewed (B, T+1, U+2): row T and column U+1 for the arcs that leave the lattice
     beta_u = _unskew(beta, max_t + 1, max_u1 + 1)
     if not occupancies:
-        return _occupancies(beta_u, beta_u, lp_blank, lp_emit, False, dt)
+        return _result(None, beta_u, lp_blank, lp_emit, dt)
 
     # alpha(t, u): log-probability of reaching (t, u) from (0, 0).
     alpha = torch.full((B, n_diag, max_u1), _NEG_INF, dtype=dt, device=dev)
@@ -255,4 +263,4 @@ def _by_diagonals(
         if max_u1 > 1:
             torch.logaddexp(stay[:, 1:], prev[:, :-1] + pe[:, n - 1, :-1], out=alpha[:, n, 1:])
         alpha[:, n, 0] = stay[:, 0]
-    return _occupancies(_unskew(alpha, max_t, max_u1), beta_u, lp_blank, lp_emit, True, dt)
+    return _result(_unskew(alpha, max_t, max_u1), beta_u, lp_blank, lp_emit, dt)

@@ -61,7 +61,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from just_asr.losses.lattice import forward_backward
+from just_asr.losses.lattice import forward_backward, lattice_masks
 
 __all__ = [
     "PrunedRNNTOutput",
@@ -151,16 +151,6 @@ def _padded_targets(fn: str, targets: Tensor, target_lengths: Tensor, max_u1: in
     return out
 
 
-def _lattice_masks(logit_lengths: Tensor, target_lengths: Tensor, max_t: int, max_u1: int) -> tuple[Tensor, Tensor]:
-    """``(node_ok, emit_ok)``, bool ``(B, T, U+1)``: valid nodes (``t < T_b``, ``u <= U_b``) and
-    nodes with an outgoing emit arc (``t < T_b``, ``u < U_b``)."""
-    dev = logit_lengths.device
-    t = torch.arange(max_t, device=dev)[None, :, None]
-    u = torch.arange(max_u1, device=dev)[None, None, :]
-    t_ok = t < logit_lengths[:, None, None]
-    return t_ok & (u <= target_lengths[:, None, None]), t_ok & (u < target_lengths[:, None, None])
-
-
 # ------------------------------------------------------------------------------------------------
 # the lattice: forward-backward (losses.lattice) with an analytic gradient
 
@@ -217,7 +207,7 @@ def lattice_nll(
     if B and bool((tl < 1).any() | (tl > max_t).any() | (ul < 0).any() | (ul >= max_u1).any()):
         raise ValueError(f"lattice_nll: lengths must satisfy 1 <= T_b <= {max_t} and 0 <= U_b <= {max_u1 - 1} "
                          f"(the lattice is {max_t} x {max_u1}), got T_b {tl.tolist()}, U_b {ul.tolist()}")
-    node_ok, emit_ok = _lattice_masks(tl, ul, max_t, max_u1)
+    node_ok, emit_ok = lattice_masks(tl, ul, max_t, max_u1)
     lpb = lp_blank.masked_fill(~node_ok, _NEG_INF)
     lpe = lp_emit.masked_fill(~emit_ok, _NEG_INF)
     nll, node = _LatticeNLL.apply(lpb, lpe, tl, ul)

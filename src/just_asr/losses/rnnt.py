@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from just_asr.losses.lattice import forward_backward
+from just_asr.losses.lattice import forward_backward, lattice_masks
 
 __all__ = ["rnnt_loss"]
 
@@ -293,19 +293,16 @@ def _forward(
     u_len = [int(x) for x in target_lengths.tolist()]
     u1_len = [u + 1 for u in u_len]
 
-    t_idx = torch.arange(max_t, device=device)[None, :, None]
-    u_idx = torch.arange(max_u1, device=device)[None, None, :]
-    tl = logit_lengths.to(device=device, dtype=torch.int64)[:, None, None]
-    ul = target_lengths.to(device=device, dtype=torch.int64)[:, None, None]
-    valid = (t_idx < tl) & (u_idx <= ul)  # (B, T, U+1): lattice nodes
-    emit_ok = (t_idx < tl) & (u_idx < ul)  # nodes with an outgoing emit arc
+    ul = target_lengths.to(device=device, dtype=torch.int64)
+    # (B, T, U+1): lattice nodes, and nodes with an outgoing emit arc
+    valid, emit_ok = lattice_masks(logit_lengths.to(device=device, dtype=torch.int64), ul, max_t, max_u1)
 
     # Target id of the emit arc leaving each column u (0 where there is none; never read then).
     tgt = torch.zeros(B, max_u1, dtype=torch.int64, device=device)
     n_tgt = min(targets.size(1), max_u1 - 1)
     if n_tgt > 0:
         tg = targets[:, :n_tgt].to(device=device, dtype=torch.int64)
-        inside = torch.arange(n_tgt, device=device)[None, :] < ul[:, 0]
+        inside = torch.arange(n_tgt, device=device)[None, :] < ul[:, None]
         tgt[:, :n_tgt] = torch.where(inside, tg, torch.zeros_like(tg))
 
     with torch.no_grad():
