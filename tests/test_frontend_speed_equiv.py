@@ -5,10 +5,11 @@
   gradients must equal the textbook ``Conv1d``-on-``(B, d, T)`` formulation, written out here
   independently, for every option (layer/batch norm, causal, with/without bias) and under bf16
   autocast.
-* ``fast_dropout`` / ``Dropout`` replace ``torch.bernoulli_`` masks with 32-bit integer draws: the
-  outputs must be exactly ``0`` or ``x / (1 - p)``, the gradient must be the same mask times
-  ``1 / (1 - p)``, the keep rate must be ``1 - p`` (binomial bounds), elements sharing one 64-bit
-  draw must be independent, and eval / ``p = 0`` / ``p = 1`` must behave as ``F.dropout``.
+* ``fast_dropout`` / ``Dropout`` replace ``torch.bernoulli_`` masks with 16- or 32-bit integer
+  pieces of 64-bit draws: the outputs must be exactly ``0`` or ``x / (1 - p)``, the gradient must
+  be the same mask times ``1 / (1 - p)``, the keep rate must be ``1 - p`` (binomial bounds; rates
+  near 0 or 1 included), elements sharing one 64-bit draw must be independent, and eval / ``p = 0``
+  / ``p = 1`` must behave as ``F.dropout``.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def test_dropout_values_and_gradient_are_the_inverted_dropout_mask() -> None:
     torch.testing.assert_close(g, expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.001, 0.999])
 def test_keep_rate_is_one_minus_p(p: float) -> None:
     torch.manual_seed(6)
     n = 200_000
@@ -218,18 +219,39 @@ def test_keep_rate_is_one_minus_p(p: float) -> None:
     assert abs(rate - (1 - p)) < 5 * sigma
 
 
-def test_elements_sharing_a_draw_are_independent() -> None:
-    """Even/odd elements come from the low/high halves of one 64-bit draw: P(both kept) = q**2."""
+@pytest.mark.parametrize("p, pieces", [(0.5, 4), (0.1, 4), (0.001, 2), (0.9995, 2)])
+def test_elements_sharing_a_draw_are_independent(p: float, pieces: int) -> None:
+    """One 64-bit draw serves four elements (16-bit pieces) or, for rates near 0 or 1, two (32-bit
+    pieces): every pair of elements of a draw is kept together with probability q**2, and each
+    position within a draw keeps at rate q on its own."""
+    from just_asr.model.frontend import _piece_bits
+
+    assert _piece_bits(p) == 64 // pieces
     torch.manual_seed(7)
-    n, p = 400_000, 0.5
-    keep = dropout_keep_mask((n,), p, torch.device("cpu")).view(-1, 2)
-    both = (keep[:, 0] & keep[:, 1]).float().mean().item()
-    m = n // 2
-    sigma = math.sqrt(0.25 * 0.75 / m)
-    assert abs(both - 0.25) < 5 * sigma
-    # and both halves are unbiased on their own
-    for col in (0, 1):
-        assert abs(keep[:, col].float().mean().item() - 0.5) < 5 * math.sqrt(0.25 / m)
+    q = 1.0 - p
+    n = 2_400_000 if min(p, q) < 0.01 else 400_000
+    keep = dropout_keep_mask((n,), p, torch.device("cpu")).view(-1, pieces)
+    m = keep.size(0)
+    for i in range(pieces):
+        rate = keep[:, i].float().mean().item()
+        assert abs(rate - q) < 5 * math.sqrt(q * (1 - q) / m)
+        for j in range(i + 1, pieces):
+            both = (keep[:, i] & keep[:, j]).float().mean().item()
+            assert abs(both - q * q) < 5 * math.sqrt(q * q * (1 - q * q) / m)
+
+
+def test_sixteen_bit_pieces_quantise_p_finely() -> None:
+    """With 16-bit pieces the keep probability is round((1 - p) 2**16) / 2**16: for p = 0.1 that is
+    58982 / 65536, 6e-6 from 0.9. Over 2**22 elements the keep rate is within binomial bounds of
+    it, and outside the bounds of what 8-bit pieces would give (230 / 256)."""
+    torch.manual_seed(11)
+    n = 1 << 22
+    keep = dropout_keep_mask((n,), 0.1, torch.device("cpu"))
+    rate = keep.float().mean().item()
+    exact = 58982 / 65536
+    assert abs(rate - exact) < 5 * math.sqrt(exact * (1 - exact) / n)
+    assert abs(exact - 0.9) < 1e-5  # p moves by 6e-6
+    assert abs(rate - 230 / 256) > 5 * math.sqrt(exact * (1 - exact) / n)
 
 
 def test_odd_sizes_shapes_and_dtypes() -> None:
