@@ -271,6 +271,49 @@ def test_training_loop_drives_the_pruned_rnnt_warmup(tmp_path):
     assert seen[4][1] == pytest.approx((0.5, 1.0)) and seen[5][1] == pytest.approx((0.5, 1.0))
 
 
+@pytest.mark.parametrize("clip", [0.05, 1e6])
+def test_clipping_by_norm_reuses_the_guards_norm(clip: float, monkeypatch: pytest.MonkeyPatch):
+    """With NonFiniteGuard in the run, clipping by norm takes the total norm the guard computed: one
+    ``_foreach_norm`` per step instead of two, and the clipped gradients equal, bit for bit, what
+    ``torch.nn.utils.clip_grad_norm_`` makes of the same gradients (clipped: 0.05; untouched: 1e6)."""
+    seen: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+
+    class Grads(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # before clipping
+            seen.append(([p.grad.clone() for g in optimizer.param_groups for p in g["params"]
+                          if p.grad is not None], []))
+
+    mod = module(tiny_arch())
+    clip_as_module = mod.configure_gradient_clipping
+
+    def clip_and_record(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_as_module(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        seen[-1][1].extend(p.grad.clone() for g in optimizer.param_groups for p in g["params"] if p.grad is not None)
+
+    mod.configure_gradient_clipping = clip_and_record
+    calls = {"n": 0}
+    real = torch._foreach_norm
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counting)
+    fit_steps(mod, 3, [make_batch(0), make_batch(1)], extra=[Grads()], gradient_clip_val=clip)
+    assert len(seen) == 3 and calls["n"] == 3
+    for before, after in seen:
+        ref = [g.clone() for g in before]
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in ref]
+        for p, g in zip(params, ref):
+            p.grad = g
+        monkeypatch.setattr(torch, "_foreach_norm", real)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        assert len(after) == len(ref)
+        assert all(torch.equal(a, p.grad) for a, p in zip(after, params))
+        changed = any(not torch.equal(a, b) for a, b in zip(after, before))
+        assert changed == (clip < 1.0)
+
+
 def test_gradient_clipping_with_the_fused_optimizer(tmp_path):
     """bf16-mixed + gradient clipping + the fused AdamW: Lightning refuses to clip for fused
     optimisers itself, so the module clips; the run trains, and the clipped norm is the limit."""

@@ -119,7 +119,9 @@ class NonFiniteGuard(pl.Callback):
     batch's cut ids go to the log. After ``max_consecutive`` skipped updates in a row, training stops
     with a ``RuntimeError``.
 
-    Also logs the total gradient 2-norm before clipping as ``train/grad_norm`` (finite steps only).
+    Also logs the total gradient 2-norm before clipping as ``train/grad_norm`` (finite steps only),
+    and leaves it on the module as ``grad_norm_for_clipping`` so that clipping by norm does not
+    compute it a second time.
     """
 
     def __init__(self, max_consecutive: int = 20) -> None:
@@ -167,6 +169,8 @@ class NonFiniteGuard(pl.Callback):
         else:
             self.consecutive = 0
             pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False, batch_size=1)
+            # gradient clipping by norm reuses it (JustLightningModule.configure_gradient_clipping)
+            pl_module.grad_norm_for_clipping = (trainer.global_step, total)
         pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
         self._pending_cut_ids = []
         self._pending_nonfinite_loss = False

@@ -210,6 +210,8 @@ class JustLightningModule(pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self.last_loss: Tensor | None = None
         self.last_batch_info: dict[str, Any] = {}
+        # (global_step, total 2-norm of the gradients), set by NonFiniteGuard before clipping
+        self.grad_norm_for_clipping: tuple[int, Tensor] | None = None
         self._dev_hyps: dict[str, list[str]] = {}
         self._dev_refs: dict[str, list[str]] = {}
 
@@ -294,15 +296,28 @@ class JustLightningModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip as Lightning would. Lightning refuses to clip for a fused optimiser under its mixed
-        precision plugin, in case the optimiser unscales fp16 gradients inside ``step``; fused is only
-        chosen without a grad scaler (see ``configure_optimizers``), so the gradients are already
-        true-scale here and are clipped directly."""
-        if not gradient_clip_val or not optimizer.defaults.get("fused"):
+        """Clip as Lightning would (``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``), with two
+        differences. By norm, the total norm that ``NonFiniteGuard`` computed for this step is reused
+        (the same value: the 2-norm of the float32 gradients), and the gradients are only multiplied
+        when the factor is below 1 (``clip_grad_norm_`` multiplies by 1.0 otherwise). And Lightning
+        refuses to clip for a fused optimiser under its mixed precision plugin, in case the optimiser
+        unscales fp16 gradients inside ``step``; fused is only chosen without a grad scaler (see
+        ``configure_optimizers``), so the gradients are already true-scale here and are clipped
+        directly."""
+        if not gradient_clip_val:
+            return
+        algorithm = "norm" if gradient_clip_algorithm is None else str(gradient_clip_algorithm).lower()
+        cached, self.grad_norm_for_clipping = self.grad_norm_for_clipping, None
+        if algorithm == "norm" and cached is not None and cached[0] == self.trainer.global_step:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            factor = gradient_clip_val / (cached[1] + 1e-6)  # clip_grad_norm_'s coefficient, float32
+            if grads and bool(factor < 1.0):
+                torch._foreach_mul_(grads, factor.to(grads[0].device))
+            return
+        if not optimizer.defaults.get("fused"):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         plugin = self.trainer.precision_plugin  # its by-norm / by-value clipping, minus the fused refusal
-        algorithm = "norm" if gradient_clip_algorithm is None else str(gradient_clip_algorithm).lower()
         if algorithm == "norm":
             plugin.clip_grad_by_norm(optimizer, gradient_clip_val)
         elif algorithm == "value":
