@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import glob
 import math
 
 import lightning.pytorch as pl
@@ -100,9 +101,9 @@ class Record(pl.Callback):
 
 def trainer(max_steps: int, callbacks: list, **kw) -> pl.Trainer:
     return pl.Trainer(
-        max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        max_steps=max_steps, accelerator="cpu", devices=1, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=callbacks,
-        **{"enable_checkpointing": False, **kw},
+        **{"enable_checkpointing": False, "logger": False, **kw},
     )
 
 
@@ -312,6 +313,51 @@ def test_clipping_by_norm_reuses_the_guards_norm(clip: float, monkeypatch: pytes
         assert all(torch.equal(a, p.grad) for a, p in zip(after, params))
         changed = any(not torch.equal(a, b) for a, b in zip(after, before))
         assert changed == (clip < 1.0)
+
+
+def test_step_metrics_reach_the_logger_on_every_written_step(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """The diagnostics are handed to Lightning only on the steps its logger writes: every value still
+    reaches TensorBoard at each written step (every 3rd step and the last), while the number of
+    ``log`` calls drops to about a third."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    calls = {"n": 0}
+    real_log = pl.LightningModule.log
+
+    def counting_log(self, *args, **kwargs):
+        calls["n"] += 1
+        return real_log(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", counting_log)
+    arch = tiny_arch()
+    arch.quantizer.temperature_decay = 0.9  # a temperature that changes visibly from step to step
+    mod = module(arch)
+    rec = fit_steps(mod, 7, [make_batch(0), make_batch(1)], logger=TensorBoardLogger(tmp_path), log_every_n_steps=3,
+                    gradient_clip_val=5.0)
+    (events,) = glob.glob(str(tmp_path / "lightning_logs" / "*" / "events*"))
+    acc = EventAccumulator(events)
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t.startswith("train/")]
+    for t in ["train/loss", "train/rnnt", "train/mlm", "train/grad_norm", "train/nonfinite_skipped",
+              "train/gumbel_temperature", "train/codebook_collapsed_steps", "train/audio_sec_per_sec",
+              "train/transcribed_fraction"]:
+        assert t in tags, t
+    written = {e.step for e in acc.Scalars("train/loss")}
+    assert written == {2, 5}  # Lightning's 0-based steps 3 and 6 (the 7th is not a multiple of 3)
+    for t in tags:
+        assert {e.step for e in acc.Scalars(t)} == written, t
+    # and the values are those of the written step, not left over from an earlier one
+    from just_asr.model.quantizer import gumbel_temperature
+
+    q = mod.arch.quantizer
+    for e in acc.Scalars("train/gumbel_temperature"):
+        tau = float(gumbel_temperature(e.step, q.temperature_start, q.temperature_end, q.temperature_decay))
+        assert e.value == pytest.approx(tau, rel=1e-6)
+    for e in acc.Scalars("train/loss"):
+        assert e.value == pytest.approx(rec.losses[e.step], rel=1e-6)
+    per_step = len(tags)  # what every step used to log
+    assert calls["n"] < 7 * per_step / 2
 
 
 def test_gradient_clipping_with_the_fused_optimizer(tmp_path):

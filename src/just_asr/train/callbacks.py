@@ -21,6 +21,28 @@ from just_asr.train.averaging import EMA_CHECKPOINT_KEY, EMAWeights
 log = logging.getLogger(__name__)
 
 
+def step_metrics_due(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes step-level metrics to its loggers after this training batch (every
+    ``trainer.log_every_n_steps`` optimiser steps, at the last step, and on every step of a
+    ``fast_dev_run``).
+
+    A ``LightningModule.log`` call costs about 0.3 ms here (measured: 24 extra calls per step cost
+    7.5 ms in a bare Lightning loop), and a JUST step logs about 27 values, so the diagnostics are only
+    handed to Lightning on the steps that are written. ``train/loss`` and ``train/audio_sec_per_sec``
+    (the progress bar's) are logged on every step. Without Lightning's logger connector (a
+    ``Trainer`` stand-in), every step is due.
+    """
+    if getattr(trainer, "fast_dev_run", False):
+        return True
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is None:
+        return True
+    try:
+        return bool(connector.should_update_logs)
+    except (AttributeError, NotImplementedError):
+        return True
+
+
 class GumbelTemperature(pl.Callback):
     """Set the quantiser's Gumbel-softmax temperature from the global step before every training batch:
     ``tau = max(end, start * decay**step)`` (wav2vec 2.0 / w2v-BERT: 2.0 -> 0.1 by 0.999995 per
@@ -54,7 +76,8 @@ class GumbelTemperature(pl.Callback):
         start, end, decay = self.schedule(pl_module)
         tau = float(gumbel_temperature(trainer.global_step, start, end, decay))
         pl_module.model.set_gumbel_temperature(tau)
-        pl_module.log("train/gumbel_temperature", tau, on_step=True, on_epoch=False, batch_size=1)
+        if step_metrics_due(trainer):
+            pl_module.log("train/gumbel_temperature", tau, on_step=True, on_epoch=False, batch_size=1)
 
 
 class CodebookHealth(pl.Callback):
@@ -97,7 +120,9 @@ class CodebookHealth(pl.Callback):
             log.warning(msg)
             trainer.print(f"WARNING: {msg}")
             self.warned = True
-        pl_module.log("train/codebook_collapsed_steps", float(self.collapsed_steps), on_step=True, on_epoch=False, batch_size=1)
+        if step_metrics_due(trainer):
+            pl_module.log("train/codebook_collapsed_steps", float(self.collapsed_steps), on_step=True, on_epoch=False,
+                          batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"low_run": self.low_run, "collapsed_steps": self.collapsed_steps, "warned": self.warned}
@@ -168,10 +193,12 @@ class NonFiniteGuard(pl.Callback):
             trainer.print(f"WARNING: {msg}")
         else:
             self.consecutive = 0
-            pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False, batch_size=1)
             # gradient clipping by norm reuses it (JustLightningModule.configure_gradient_clipping)
             pl_module.grad_norm_for_clipping = (trainer.global_step, total)
-        pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+        if step_metrics_due(trainer):
+            if not bad:
+                pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
         self._pending_cut_ids = []
         self._pending_nonfinite_loss = False
         if self.consecutive >= self.max_consecutive:

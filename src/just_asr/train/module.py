@@ -38,6 +38,7 @@ from torch import Tensor
 
 from just_asr.model.config import ModelConfig
 from just_asr.train.averaging import load_lightning_checkpoint, strip_prefix
+from just_asr.train.callbacks import step_metrics_due
 from just_asr.train.optim import build_noam_scheduler, build_optimizer, param_groups
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,8 @@ class JustLightningModule(pl.LightningModule):
             "audio_seconds": float(batch["feature_lens"].sum()) * FRAME_SHIFT_S,
         }
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
+        if self._trainer is not None and not step_metrics_due(self.trainer):
+            return total  # the other values only on the steps Lightning writes (see step_metrics_due)
         for name, value in res.terms.items():
             self.log(f"train/{name}", value.detach().float(), on_step=True, on_epoch=False, batch_size=bsz)
         for name, value in self.last_metrics.items():
