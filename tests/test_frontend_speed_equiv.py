@@ -400,3 +400,32 @@ def test_attention_with_an_empty_utterance_matches_sdpa_in_training() -> None:
     torch.manual_seed(0)
     out = att(x, valid)  # the batch goes to SDPA, whose fully masked rows give zeros, not NaN
     assert torch.isfinite(out).all()
+
+
+def test_forced_piece_sizes_and_the_mask_benchmark() -> None:
+    """``bits`` forces 16- or 32-bit pieces (both keep at 1 - p); the benchmark prints one row per
+    mask and stage with a keep rate near 1 - p for each mask."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(12)
+    n, p = 400_000, 0.25
+    for bits in (16, 32):
+        rate = dropout_keep_mask((n,), p, torch.device("cpu"), bits=bits).float().mean().item()
+        assert abs(rate - 0.75) < 5 * math.sqrt(0.75 * 0.25 / n)
+    with pytest.raises(ValueError, match="bits must be 16 or 32"):
+        dropout_keep_mask((3,), p, torch.device("cpu"), bits=8)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "dropout_mask.py"), "--shapes", "40,500", "--repeats", "1",
+         "--threads", "1", "--p", "0.2"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| 40x500 |")]
+    assert [(r[1], r[2]) for r in rows] == [(w, m) for w in ("mask", "dropout fwd+bwd")
+                                           for m in ("bernoulli_", "32-bit pieces", "16-bit pieces")]
+    for r in rows:
+        assert float(r[3]) > 0 and r[4].endswith("x")
+        if r[1] == "mask":
+            assert abs(float(r[5]) - 0.8) < 0.02  # 20,000 elements

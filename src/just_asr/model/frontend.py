@@ -55,7 +55,9 @@ def _piece_bits(p: float) -> int:
     return 16 if error <= _WORD16_MAX_REL_ERROR * min(p, 1.0 - p) * 2**16 else 32
 
 
-def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> Tensor:
+def dropout_keep_mask(
+    shape: torch.Size | tuple[int, ...], p: float, device: torch.device, bits: int | None = None
+) -> Tensor:
     """Bool keep-mask of ``shape``: each element is True independently with probability ``1 - p``.
 
     Drawn from the global generator as 64-bit words cut into 16-bit pieces (four elements per draw):
@@ -67,13 +69,17 @@ def dropout_keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: tor
     independent. This is the same Bernoulli mask as ``torch.bernoulli_``'s, drawn several times
     faster on the project's AMD EPYC machine (``bernoulli_`` there draws a double per element in a
     scalar loop; PyTorch only takes MKL's vectorised sampler on Intel CPUs; ``BENCHMARKS.md``).
+    ``bits`` (16 or 32) forces the piece size (``benchmarks/dropout_mask.py`` compares them).
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout_keep_mask: p must be in (0, 1), got {p}")
     n = 1
     for s in shape:
         n *= int(s)
-    bits = _piece_bits(p)
+    if bits is None:
+        bits = _piece_bits(p)
+    elif bits not in (16, 32):
+        raise ValueError(f"dropout_keep_mask: bits must be 16 or 32, got {bits}")
     per_draw = 64 // bits
     words = torch.empty((n + per_draw - 1) // per_draw, dtype=torch.int64, device=device).random_(-(2**63), None)
     pieces = words.view(torch.int16 if bits == 16 else torch.int32)[:n]
