@@ -341,7 +341,7 @@ def test_step_metrics_reach_the_logger_on_every_written_step(tmp_path, monkeypat
     tags = [t for t in acc.Tags()["scalars"] if t.startswith("train/")]
     for t in ["train/loss", "train/rnnt", "train/mlm", "train/grad_norm", "train/nonfinite_skipped",
               "train/gumbel_temperature", "train/codebook_collapsed_steps", "train/audio_sec_per_sec",
-              "train/transcribed_fraction"]:
+              "train/transcribed_fraction", "train/masked_fraction", "train/code_usage"]:
         assert t in tags, t
     written = {e.step for e in acc.Scalars("train/loss")}
     assert written == {2, 5}  # Lightning's 0-based steps 3 and 6 (the 7th is not a multiple of 3)
@@ -358,6 +358,22 @@ def test_step_metrics_reach_the_logger_on_every_written_step(tmp_path, monkeypat
         assert e.value == pytest.approx(rec.losses[e.step], rel=1e-6)
     per_step = len(tags)  # what every step used to log
     assert calls["n"] < 7 * per_step / 2
+
+
+def test_training_step_leaves_the_metrics_as_tensors_until_read():
+    """``training_step`` does not turn the metrics into floats (on a GPU that waits for the forward
+    pass before backward is queued); ``last_metrics`` converts them on first read."""
+    mod = module(tiny_arch())
+    mod.train()
+    torch.manual_seed(0)
+    mod.training_step(make_batch(0), 0)
+    assert mod._metric_floats is None
+    assert any(isinstance(v, torch.Tensor) for v in mod._metric_values.values())
+    floats = mod.last_metrics
+    assert floats.keys() == mod._metric_values.keys() and all(isinstance(v, float) for v in floats.values())
+    for k, v in mod._metric_values.items():
+        assert floats[k] == pytest.approx(float(v), nan_ok=True)
+    assert mod.last_metrics is floats  # converted once
 
 
 def test_gradient_clipping_with_the_fused_optimizer(tmp_path):

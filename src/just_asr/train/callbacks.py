@@ -2,7 +2,8 @@
 the weights, and throughput/gradient-norm logging.
 
 They talk to :class:`just_asr.train.module.JustLightningModule` through three attributes it sets in
-``training_step``: ``last_metrics`` (dict of floats from ``LossOutput.metrics``), ``last_loss``
+``training_step``: ``last_metrics`` (dict of floats from ``LossOutput.metrics``, converted when first
+read), ``last_loss``
 (the float32 total, a 0-d tensor) and ``last_batch_info`` (cut ids and audio seconds of the batch).
 """
 

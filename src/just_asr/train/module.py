@@ -208,7 +208,9 @@ class JustLightningModule(pl.LightningModule):
             print(self.init_report.summary(), flush=True)
             log.info("%s", self.init_report.summary(max_names=10_000))
         # state shared with callbacks (see just_asr.train.callbacks)
-        self.last_metrics: dict[str, float] = {}
+        self._metric_values: dict[str, Tensor | float] = {}  # the last batch's, as the model gave them
+        self._metric_floats: dict[str, float] | None = {}
+        self._log_metrics_at_batch_end = False
         self.last_loss: Tensor | None = None
         self.last_batch_info: dict[str, Any] = {}
         # (global_step, total 2-norm of the gradients), set by NonFiniteGuard before clipping
@@ -245,6 +247,16 @@ class JustLightningModule(pl.LightningModule):
         )
         return out.compute_loss()
 
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The last training batch's metrics (``LossOutput.metrics``) as floats, converted on first
+        read. On a GPU each conversion waits for the kernels queued so far, so ``training_step``
+        does not read them: the first reader is a callback or the batch-end logging, after the
+        backward pass and the optimiser step have been queued."""
+        if self._metric_floats is None:
+            self._metric_floats = {k: float(v) for k, v in self._metric_values.items()}
+        return self._metric_floats
+
     # ------------------------------------------------------------------ training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._seed_step(batch_idx)
@@ -258,7 +270,8 @@ class JustLightningModule(pl.LightningModule):
         total = res.total
         bsz = int(batch["features"].shape[0])
         self.last_loss = total.detach()
-        self.last_metrics = {k: float(v) for k, v in res.metrics.items()}
+        self._metric_values, self._metric_floats = dict(res.metrics), None
+        self._log_metrics_at_batch_end = False
         self.last_batch_info = {
             "cut_ids": list(batch.get("cut_ids", [])),
             "audio_seconds": float(batch["feature_lens"].sum()) * FRAME_SHIFT_S,
@@ -268,9 +281,7 @@ class JustLightningModule(pl.LightningModule):
             return total  # the other values only on the steps Lightning writes (see step_metrics_due)
         for name, value in res.terms.items():
             self.log(f"train/{name}", value.detach().float(), on_step=True, on_epoch=False, batch_size=bsz)
-        for name, value in self.last_metrics.items():
-            if math.isfinite(value):
-                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bsz)
+        self._log_metrics_at_batch_end = True  # as floats, once the step is queued (see last_metrics)
         self.log("train/transcribed_fraction", batch["has_text"].float().mean(), on_step=True, on_epoch=False,
                  batch_size=bsz)
         opt = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
@@ -279,6 +290,14 @@ class JustLightningModule(pl.LightningModule):
                 self.log(f"train/lr_{group.get('name', 'group')}", group["lr"], on_step=True, on_epoch=False,
                          batch_size=1)
         return total
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._log_metrics_at_batch_end:
+            self._log_metrics_at_batch_end = False
+            bsz = int(batch["features"].shape[0])
+            for name, value in self.last_metrics.items():
+                if math.isfinite(value):
+                    self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bsz)
 
     def configure_optimizers(self):
         hp = self.hparams
