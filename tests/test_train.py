@@ -272,8 +272,8 @@ def test_training_loop_drives_the_pruned_rnnt_warmup(tmp_path):
     assert seen[4][1] == pytest.approx((0.5, 1.0)) and seen[5][1] == pytest.approx((0.5, 1.0))
 
 
-@pytest.mark.parametrize("clip", [0.05, 1e6])
-def test_clipping_by_norm_reuses_the_guards_norm(clip: float, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("clip, algorithm", [(0.05, None), (1e6, None), (0.05, "norm")])
+def test_clipping_by_norm_reuses_the_guards_norm(clip: float, algorithm: str | None, monkeypatch: pytest.MonkeyPatch):
     """With NonFiniteGuard in the run, clipping by norm takes the total norm the guard computed: one
     ``_foreach_norm`` per step instead of two, and the clipped gradients equal, bit for bit, what
     ``torch.nn.utils.clip_grad_norm_`` makes of the same gradients (clipped: 0.05; untouched: 1e6)."""
@@ -300,7 +300,8 @@ def test_clipping_by_norm_reuses_the_guards_norm(clip: float, monkeypatch: pytes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "_foreach_norm", counting)
-    fit_steps(mod, 3, [make_batch(0), make_batch(1)], extra=[Grads()], gradient_clip_val=clip)
+    fit_steps(mod, 3, [make_batch(0), make_batch(1)], extra=[Grads()], gradient_clip_val=clip,
+              gradient_clip_algorithm=algorithm)  # Lightning hands the module its enum, not the string
     assert len(seen) == 3 and calls["n"] == 3
     for before, after in seen:
         ref = [g.clone() for g in before]
@@ -317,7 +318,7 @@ def test_clipping_by_norm_reuses_the_guards_norm(clip: float, monkeypatch: pytes
 
 def test_step_metrics_reach_the_logger_on_every_written_step(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """The diagnostics are handed to Lightning only on the steps its logger writes: every value still
-    reaches TensorBoard at each written step (every 3rd step and the last), while the number of
+    reaches TensorBoard at each written step (every 3rd step), while the number of
     ``log`` calls drops to about a third."""
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -374,6 +375,58 @@ def test_training_step_leaves_the_metrics_as_tensors_until_read():
     for k, v in mod._metric_values.items():
         assert floats[k] == pytest.approx(float(v), nan_ok=True)
     assert mod.last_metrics is floats  # converted once
+
+
+def test_clipping_by_value_through_the_trainer():
+    """``--trainer.gradient_clip_algorithm value`` reaches the module as Lightning's enum: with the
+    fused optimiser the gradients are clipped to the value (this raised before)."""
+    seen: list[float] = []
+    mod = module(tiny_arch())
+    clip_as_module = mod.configure_gradient_clipping
+
+    def clip_and_record(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_as_module(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        seen.append(max(float(p.grad.abs().max()) for g in optimizer.param_groups for p in g["params"]
+                        if p.grad is not None))
+
+    mod.configure_gradient_clipping = clip_and_record
+    fit_steps(mod, 2, [make_batch(0)], gradient_clip_val=1e-4, gradient_clip_algorithm="value")
+    assert mod.trainer.optimizers[0].defaults["fused"] is True
+    assert seen == [pytest.approx(1e-4), pytest.approx(1e-4)]
+
+
+def test_a_run_stopped_early_logs_its_last_step_fresh(tmp_path):
+    """When a callback stops the run in ``on_train_batch_end`` (as ``max_time``'s Timer does), Lightning
+    writes that step although it is not a multiple of ``log_every_n_steps``: its values must be that
+    step's, not the last written step's."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 5:
+                trainer.should_stop = True
+
+    arch = tiny_arch()
+    arch.quantizer.temperature_decay = 0.9
+    mod = module(arch)
+    rec = fit_steps(mod, 20, [make_batch(0), make_batch(1)], extra=[StopAt()], logger=TensorBoardLogger(tmp_path),
+                    log_every_n_steps=3, gradient_clip_val=5.0)
+    assert len(rec.losses) == 5
+    (events,) = glob.glob(str(tmp_path / "lightning_logs" / "*" / "events*"))
+    acc = EventAccumulator(events)
+    acc.Reload()
+    from just_asr.model.quantizer import gumbel_temperature
+
+    q = mod.arch.quantizer
+    assert {e.step for e in acc.Scalars("train/loss")} == {2, 4}
+    by_step = {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"] if t.startswith("train/")}
+    for t, values in by_step.items():
+        assert set(values) == {2, 4}, t
+    assert by_step["train/gumbel_temperature"][4] == pytest.approx(
+        float(gumbel_temperature(4, q.temperature_start, q.temperature_end, q.temperature_decay)), rel=1e-6)
+    for t in ["train/rnnt", "train/grad_norm", "train/lr_encoder"]:
+        assert by_step[t][4] != by_step[t][2], t
 
 
 def test_gradient_clipping_with_the_fused_optimizer(tmp_path):

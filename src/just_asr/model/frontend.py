@@ -43,7 +43,7 @@ def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 # 16-bit pieces are used when rounding to a multiple of 2**-16 moves both p and 1 - p by at most this
 # fraction of themselves (p = 0.1 moves by 6e-5 of itself, 0.01 by 6e-4; 0.001 would move by 7e-3,
-# 0.9999 keeps 1e-4 of the elements and would move that by 2e-3: both take 32-bit pieces)
+# 0.9999 keeps 1e-4 of the elements and would move that by 7e-2: both take 32-bit pieces)
 _WORD16_MAX_REL_ERROR = 1e-3
 
 

@@ -23,15 +23,16 @@ log = logging.getLogger(__name__)
 
 
 def step_metrics_due(trainer: pl.Trainer) -> bool:
-    """Whether Lightning writes step-level metrics to its loggers after this training batch (every
-    ``trainer.log_every_n_steps`` optimiser steps, at the last step, and on every step of a
-    ``fast_dev_run``).
+    """Whether Lightning writes step-level metrics to its loggers after this training batch: every
+    ``trainer.log_every_n_steps`` optimiser steps (never when it is 0), when training stops early
+    (``trainer.should_stop``, e.g. ``max_time``: known only once the callbacks' ``on_train_batch_end``
+    has run), and on every step of a ``fast_dev_run``.
 
     A ``LightningModule.log`` call costs about 0.3 ms here (measured: 24 extra calls per step cost
-    7.5 ms in a bare Lightning loop), and a JUST step logs about 27 values, so the diagnostics are only
-    handed to Lightning on the steps that are written. ``train/loss`` and ``train/audio_sec_per_sec``
-    (the progress bar's) are logged on every step. Without Lightning's logger connector (a
-    ``Trainer`` stand-in), every step is due.
+    7.5 ms in a bare Lightning loop), and a JUST step has about 27 values, so the diagnostics are
+    queued with :func:`queue_step_metric` and handed to Lightning only on the steps that are
+    written. ``train/loss`` and ``train/audio_sec_per_sec`` (the progress bar's) are logged on every
+    step. Without Lightning's logger connector (a ``Trainer`` stand-in), every step is due.
     """
     if getattr(trainer, "fast_dev_run", False):
         return True
@@ -42,6 +43,18 @@ def step_metrics_due(trainer: pl.Trainer) -> bool:
         return bool(connector.should_update_logs)
     except (AttributeError, NotImplementedError):
         return True
+
+
+def queue_step_metric(pl_module: pl.LightningModule, name: str, value: Any, batch_size: int = 1) -> None:
+    """A step-level diagnostic for this batch. :class:`JustLightningModule` keeps it in its
+    ``step_metric_queue`` and logs the queue in its ``on_train_batch_end`` (after every callback's,
+    so after ``Timer`` may have stopped the run) when :func:`step_metrics_due`; another module gets
+    it logged now when due."""
+    queue = getattr(pl_module, "step_metric_queue", None)
+    if queue is not None:
+        queue[name] = (value, batch_size)
+    elif step_metrics_due(pl_module.trainer):
+        pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=batch_size)
 
 
 class GumbelTemperature(pl.Callback):
@@ -77,8 +90,7 @@ class GumbelTemperature(pl.Callback):
         start, end, decay = self.schedule(pl_module)
         tau = float(gumbel_temperature(trainer.global_step, start, end, decay))
         pl_module.model.set_gumbel_temperature(tau)
-        if step_metrics_due(trainer):
-            pl_module.log("train/gumbel_temperature", tau, on_step=True, on_epoch=False, batch_size=1)
+        queue_step_metric(pl_module, "train/gumbel_temperature", tau)
 
 
 class CodebookHealth(pl.Callback):
@@ -121,9 +133,7 @@ class CodebookHealth(pl.Callback):
             log.warning(msg)
             trainer.print(f"WARNING: {msg}")
             self.warned = True
-        if step_metrics_due(trainer):
-            pl_module.log("train/codebook_collapsed_steps", float(self.collapsed_steps), on_step=True, on_epoch=False,
-                          batch_size=1)
+        queue_step_metric(pl_module, "train/codebook_collapsed_steps", float(self.collapsed_steps))
 
     def state_dict(self) -> dict[str, Any]:
         return {"low_run": self.low_run, "collapsed_steps": self.collapsed_steps, "warned": self.warned}
@@ -196,10 +206,9 @@ class NonFiniteGuard(pl.Callback):
             self.consecutive = 0
             # gradient clipping by norm reuses it (JustLightningModule.configure_gradient_clipping)
             pl_module.grad_norm_for_clipping = (trainer.global_step, total)
-        if step_metrics_due(trainer):
-            if not bad:
-                pl_module.log("train/grad_norm", total, on_step=True, on_epoch=False, batch_size=1)
-            pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+        if not bad:
+            queue_step_metric(pl_module, "train/grad_norm", total)
+        queue_step_metric(pl_module, "train/nonfinite_skipped", float(self.skipped))
         self._pending_cut_ids = []
         self._pending_nonfinite_loss = False
         if self.consecutive >= self.max_consecutive:

@@ -34,11 +34,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 
 from just_asr.model.config import ModelConfig
 from just_asr.train.averaging import load_lightning_checkpoint, strip_prefix
-from just_asr.train.callbacks import step_metrics_due
+from just_asr.train.callbacks import queue_step_metric, step_metrics_due
 from just_asr.train.optim import build_noam_scheduler, build_optimizer, param_groups
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,12 @@ def _is_padding_duplicate(cut_id: str) -> bool:
     return bool(sep) and bool(head) and tail.isdigit()
 
 
+def _batch_info(batch: dict[str, Any]) -> dict[str, Any]:
+    """What callbacks read of a training batch: its cut ids and seconds of audio."""
+    return {"cut_ids": list(batch.get("cut_ids", [])),
+            "audio_seconds": float(batch["feature_lens"].sum()) * FRAME_SHIFT_S}
+
+
 class JustLightningModule(pl.LightningModule):
     """Train a :class:`JustModel` in any regime (see the module docstring).
 
@@ -210,7 +217,8 @@ class JustLightningModule(pl.LightningModule):
         # state shared with callbacks (see just_asr.train.callbacks)
         self._metric_values: dict[str, Tensor | float] = {}  # the last batch's, as the model gave them
         self._metric_floats: dict[str, float] | None = {}
-        self._log_metrics_at_batch_end = False
+        # step-level diagnostics of the current batch, logged at its end when due (callbacks.queue_step_metric)
+        self.step_metric_queue: dict[str, tuple[Any, int]] = {}
         self.last_loss: Tensor | None = None
         self.last_batch_info: dict[str, Any] = {}
         # (global_step, total 2-norm of the gradients), set by NonFiniteGuard before clipping
@@ -262,42 +270,44 @@ class JustLightningModule(pl.LightningModule):
         self._seed_step(batch_idx)
         # drives step-dependent parts of the objective (the pruned RNN-T's simple/pruned warm-up)
         self.model.set_step(self.global_step)
+        # read before the forward pass is queued (on a GPU, float() waits for the queued kernels)
+        self.last_batch_info = _batch_info(batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One step on ``batch`` (the data layer's dict). Returns the float32 total loss (the
-        model's reduction: see ``LossWeights``); a non-finite total is handled by NonFiniteGuard."""
+        model's reduction: see ``LossWeights``); a non-finite total is handled by NonFiniteGuard.
+        ``train/loss`` is logged here; the other values are queued and logged at the batch's end
+        when Lightning will write them (``callbacks.step_metrics_due``)."""
         res = self._forward_loss(batch)
         total = res.total
         bsz = int(batch["features"].shape[0])
         self.last_loss = total.detach()
         self._metric_values, self._metric_floats = dict(res.metrics), None
-        self._log_metrics_at_batch_end = False
-        self.last_batch_info = {
-            "cut_ids": list(batch.get("cut_ids", [])),
-            "audio_seconds": float(batch["feature_lens"].sum()) * FRAME_SHIFT_S,
-        }
+        if self._trainer is None:  # called outside a Trainer: no on_train_batch_start
+            self.last_batch_info = _batch_info(batch)
         self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bsz)
-        if self._trainer is not None and not step_metrics_due(self.trainer):
-            return total  # the other values only on the steps Lightning writes (see step_metrics_due)
         for name, value in res.terms.items():
-            self.log(f"train/{name}", value.detach().float(), on_step=True, on_epoch=False, batch_size=bsz)
-        self._log_metrics_at_batch_end = True  # as floats, once the step is queued (see last_metrics)
-        self.log("train/transcribed_fraction", batch["has_text"].float().mean(), on_step=True, on_epoch=False,
-                 batch_size=bsz)
+            queue_step_metric(self, f"train/{name}", value.detach().float(), bsz)
+        queue_step_metric(self, "train/transcribed_fraction", batch["has_text"].float().mean(), bsz)
         opt = self.trainer.optimizers[0] if self._trainer is not None and self.trainer.optimizers else None
         if opt is not None:
             for group in opt.param_groups:
-                self.log(f"train/lr_{group.get('name', 'group')}", group["lr"], on_step=True, on_epoch=False,
-                         batch_size=1)
+                queue_step_metric(self, f"train/lr_{group.get('name', 'group')}", group["lr"])
         return total
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._log_metrics_at_batch_end:
-            self._log_metrics_at_batch_end = False
-            bsz = int(batch["features"].shape[0])
-            for name, value in self.last_metrics.items():
-                if math.isfinite(value):
-                    self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bsz)
+        """Log this batch's queued diagnostics and its finite metrics when Lightning will write them.
+        Runs after every callback's ``on_train_batch_end``, so a ``Timer`` that has just stopped the
+        run makes this last step due."""
+        queue, self.step_metric_queue = self.step_metric_queue, {}
+        if not step_metrics_due(self.trainer):
+            return
+        for name, (value, size) in queue.items():
+            self.log(name, value, on_step=True, on_epoch=False, batch_size=size)
+        bsz = int(batch["features"].shape[0])
+        for name, value in self.last_metrics.items():
+            if math.isfinite(value):
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bsz)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -319,18 +329,23 @@ class JustLightningModule(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as Lightning would (``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``), with two
-        differences. By norm, the total norm that ``NonFiniteGuard`` computed for this step is reused
-        (the same value: the 2-norm of the float32 gradients), and the gradients are only multiplied
-        when the factor is below 1 (``clip_grad_norm_`` multiplies by 1.0 otherwise). And Lightning
-        refuses to clip for a fused optimiser under its mixed precision plugin, in case the optimiser
-        unscales fp16 gradients inside ``step``; fused is only chosen without a grad scaler (see
-        ``configure_optimizers``), so the gradients are already true-scale here and are clipped
-        directly."""
+        differences. By norm, on one device or under DDP (whole gradients on every rank), the total
+        norm that ``NonFiniteGuard`` computed for this step is reused, and the gradients are only
+        multiplied when the factor is below 1 (``clip_grad_norm_`` multiplies by 1.0 otherwise): for
+        float32 gradients (every mixed-precision run) this is the same result bit for bit; for bf16
+        gradients the guard's norm is accumulated in float32 where ``clip_grad_norm_`` takes
+        per-tensor norms in bf16. Every other strategy (FSDP, DeepSpeed, XLA, subclasses) goes to
+        Lightning, whose plugins know how to clip it or refuse to. And Lightning refuses to clip for a fused
+        optimiser under its mixed precision plugin, in case the optimiser unscales fp16 gradients
+        inside ``step``; fused is only chosen without a grad scaler (see ``configure_optimizers``),
+        so the gradients are already true-scale here and are clipped directly."""
         if not gradient_clip_val:
             return
-        algorithm = "norm" if gradient_clip_algorithm is None else str(gradient_clip_algorithm).lower()
+        # Lightning passes its GradClipAlgorithmType enum (str(...) of which is not its value)
+        algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm").lower()
         cached, self.grad_norm_for_clipping = self.grad_norm_for_clipping, None
-        if algorithm == "norm" and cached is not None and cached[0] == self.trainer.global_step:
+        if (algorithm == "norm" and cached is not None and cached[0] == self.trainer.global_step
+                and type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)):
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             factor = gradient_clip_val / (cached[1] + 1e-6)  # clip_grad_norm_'s coefficient, float32
             if grads and bool(factor < 1.0):
