@@ -316,13 +316,35 @@ def test_clipping_by_norm_reuses_the_guards_norm(clip: float, algorithm: str | N
         assert changed == (clip < 1.0)
 
 
+def _logged_fit(tmp_path, steps: int, extra: list | None = None):
+    """``fit_steps`` with a TensorBoard logger writing every 3rd step and a Gumbel temperature that
+    changes visibly from step to step; returns ``(module, record, {train tag: {step: value}})``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    arch = tiny_arch()
+    arch.quantizer.temperature_decay = 0.9
+    mod = module(arch)
+    rec = fit_steps(mod, steps, [make_batch(0), make_batch(1)], extra=extra, logger=TensorBoardLogger(tmp_path),
+                    log_every_n_steps=3, gradient_clip_val=5.0)
+    (events,) = glob.glob(str(tmp_path / "lightning_logs" / "*" / "events*"))
+    acc = EventAccumulator(events)
+    acc.Reload()
+    by_step = {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"] if t.startswith("train/")}
+    return mod, rec, by_step
+
+
+def _tau(mod: JustLightningModule, step: int) -> float:
+    from just_asr.model.quantizer import gumbel_temperature
+
+    q = mod.arch.quantizer
+    return float(gumbel_temperature(step, q.temperature_start, q.temperature_end, q.temperature_decay))
+
+
 def test_step_metrics_reach_the_logger_on_every_written_step(tmp_path, monkeypatch: pytest.MonkeyPatch):
     """The diagnostics are handed to Lightning only on the steps its logger writes: every value still
     reaches TensorBoard at each written step (every 3rd step), while the number of
     ``log`` calls drops to about a third."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     calls = {"n": 0}
     real_log = pl.LightningModule.log
 
@@ -331,32 +353,21 @@ def test_step_metrics_reach_the_logger_on_every_written_step(tmp_path, monkeypat
         return real_log(self, *args, **kwargs)
 
     monkeypatch.setattr(pl.LightningModule, "log", counting_log)
-    arch = tiny_arch()
-    arch.quantizer.temperature_decay = 0.9  # a temperature that changes visibly from step to step
-    mod = module(arch)
-    rec = fit_steps(mod, 7, [make_batch(0), make_batch(1)], logger=TensorBoardLogger(tmp_path), log_every_n_steps=3,
-                    gradient_clip_val=5.0)
-    (events,) = glob.glob(str(tmp_path / "lightning_logs" / "*" / "events*"))
-    acc = EventAccumulator(events)
-    acc.Reload()
-    tags = [t for t in acc.Tags()["scalars"] if t.startswith("train/")]
+    mod, rec, by_step = _logged_fit(tmp_path, 7)
+    tags = list(by_step)
     for t in ["train/loss", "train/rnnt", "train/mlm", "train/grad_norm", "train/nonfinite_skipped",
               "train/gumbel_temperature", "train/codebook_collapsed_steps", "train/audio_sec_per_sec",
               "train/transcribed_fraction", "train/masked_fraction", "train/code_usage"]:
         assert t in tags, t
-    written = {e.step for e in acc.Scalars("train/loss")}
+    written = set(by_step["train/loss"])
     assert written == {2, 5}  # Lightning's 0-based steps 3 and 6 (the 7th is not a multiple of 3)
     for t in tags:
-        assert {e.step for e in acc.Scalars(t)} == written, t
+        assert set(by_step[t]) == written, t
     # and the values are those of the written step, not left over from an earlier one
-    from just_asr.model.quantizer import gumbel_temperature
-
-    q = mod.arch.quantizer
-    for e in acc.Scalars("train/gumbel_temperature"):
-        tau = float(gumbel_temperature(e.step, q.temperature_start, q.temperature_end, q.temperature_decay))
-        assert e.value == pytest.approx(tau, rel=1e-6)
-    for e in acc.Scalars("train/loss"):
-        assert e.value == pytest.approx(rec.losses[e.step], rel=1e-6)
+    for step, value in by_step["train/gumbel_temperature"].items():
+        assert value == pytest.approx(_tau(mod, step), rel=1e-6)
+    for step, value in by_step["train/loss"].items():
+        assert value == pytest.approx(rec.losses[step], rel=1e-6)
     per_step = len(tags)  # what every step used to log
     assert calls["n"] < 7 * per_step / 2
 
@@ -399,32 +410,18 @@ def test_a_run_stopped_early_logs_its_last_step_fresh(tmp_path):
     """When a callback stops the run in ``on_train_batch_end`` (as ``max_time``'s Timer does), Lightning
     writes that step although it is not a multiple of ``log_every_n_steps``: its values must be that
     step's, not the last written step's."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     class StopAt(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == 5:
                 trainer.should_stop = True
 
-    arch = tiny_arch()
-    arch.quantizer.temperature_decay = 0.9
-    mod = module(arch)
-    rec = fit_steps(mod, 20, [make_batch(0), make_batch(1)], extra=[StopAt()], logger=TensorBoardLogger(tmp_path),
-                    log_every_n_steps=3, gradient_clip_val=5.0)
+    mod, rec, by_step = _logged_fit(tmp_path, 20, extra=[StopAt()])
     assert len(rec.losses) == 5
-    (events,) = glob.glob(str(tmp_path / "lightning_logs" / "*" / "events*"))
-    acc = EventAccumulator(events)
-    acc.Reload()
-    from just_asr.model.quantizer import gumbel_temperature
-
-    q = mod.arch.quantizer
-    assert {e.step for e in acc.Scalars("train/loss")} == {2, 4}
-    by_step = {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"] if t.startswith("train/")}
+    assert set(by_step["train/loss"]) == {2, 4}
     for t, values in by_step.items():
         assert set(values) == {2, 4}, t
-    assert by_step["train/gumbel_temperature"][4] == pytest.approx(
-        float(gumbel_temperature(4, q.temperature_start, q.temperature_end, q.temperature_decay)), rel=1e-6)
+    assert by_step["train/gumbel_temperature"][4] == pytest.approx(_tau(mod, 4), rel=1e-6)
     for t in ["train/rnnt", "train/grad_norm", "train/lr_encoder"]:
         assert by_step[t][4] != by_step[t][2], t
 

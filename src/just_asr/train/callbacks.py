@@ -32,17 +32,10 @@ def step_metrics_due(trainer: pl.Trainer) -> bool:
     7.5 ms in a bare Lightning loop), and a JUST step has about 27 values, so the diagnostics are
     queued with :func:`queue_step_metric` and handed to Lightning only on the steps that are
     written. ``train/loss`` and ``train/audio_sec_per_sec`` (the progress bar's) are logged on every
-    step. Without Lightning's logger connector (a ``Trainer`` stand-in), every step is due.
+    step. This is the condition Lightning's logger connector applies itself
+    (``update_train_step_metrics``).
     """
-    if getattr(trainer, "fast_dev_run", False):
-        return True
-    connector = getattr(trainer, "_logger_connector", None)
-    if connector is None:
-        return True
-    try:
-        return bool(connector.should_update_logs)
-    except (AttributeError, NotImplementedError):
-        return True
+    return bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
 
 
 def queue_step_metric(pl_module: pl.LightningModule, name: str, value: Any, batch_size: int = 1) -> None:
@@ -206,7 +199,6 @@ class NonFiniteGuard(pl.Callback):
             self.consecutive = 0
             # gradient clipping by norm reuses it (JustLightningModule.configure_gradient_clipping)
             pl_module.grad_norm_for_clipping = (trainer.global_step, total)
-        if not bad:
             queue_step_metric(pl_module, "train/grad_norm", total)
         queue_step_metric(pl_module, "train/nonfinite_skipped", float(self.skipped))
         self._pending_cut_ids = []
