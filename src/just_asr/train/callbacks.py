@@ -28,8 +28,8 @@ def step_metrics_due(trainer: pl.Trainer) -> bool:
     (``trainer.should_stop``, e.g. ``max_time``: known only once the callbacks' ``on_train_batch_end``
     has run), and on every step of a ``fast_dev_run``.
 
-    A ``LightningModule.log`` call costs about 0.3 ms here (measured: 24 extra calls per step cost
-    7.5 ms in a bare Lightning loop), and a JUST step has about 27 values, so the diagnostics are
+    A ``LightningModule.log`` call costs about 0.3 ms here (24 extra calls per step cost about 7 ms
+    in a bare Lightning loop: ``BENCHMARKS.md``), and a JUST step has about 27 values, so the diagnostics are
     queued with :func:`queue_step_metric` and handed to Lightning only on the steps that are
     written. ``train/loss`` and ``train/audio_sec_per_sec`` (the progress bar's) are logged on every
     step. This is the condition Lightning's logger connector applies itself
