@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME, beam_search, decode, greedy_search
+from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME, beam_search, greedy_search
 from just_asr.model import JustModel, load_model_config
 
 FRAMES_PER_SECOND = 100.0  # both feature recipes use a 10 ms frame shift
@@ -207,12 +207,15 @@ def run_trained(
     encoder_dtype: str = "float32",
     search_batch: int = 256,
     encoder_workers: int = 1,
+    search_threads: int | None = None,
 ) -> TrainedBenchmark:
     """Time encoder and searches of the model in ``model_dir`` on the cuts of ``manifests``
     (``length_norm``: beam searches rank by score per unit, as ``just-asr decode --length-norm``;
     ``encoder_dtype``, ``search_batch`` and ``encoder_workers`` as ``just-asr decode``'s options:
     the encoder outputs of consecutive batches are pooled until ``search_batch`` utterances, 0 =
-    one search per encoder batch).
+    one search per encoder batch). ``search_threads``: torch threads of the last search, as
+    ``just-asr decode`` gives the search that starts after the last batch is encoded (the earlier
+    ones run while encoder workers are busy, on the current setting).
 
     Raises ``ValueError`` (naming the file) for a missing or unreadable manifest or model
     directory, and when no utterance could be featurised.
@@ -232,8 +235,7 @@ def run_trained(
     if search_batch < 0:
         raise ValueError(f"--search-batch must be >= 0, got {search_batch}")
     loaded = load_model_dir(model_dir, device=device)
-    model = loaded.model.eval()
-    blank = loaded.tokenizer.blank_id
+    loaded.model.eval()
     cuts = _select_cuts(_load_cuts([str(m) for m in manifests]), max_utts_per_lang)
     if len(cuts) == 0:
         raise ValueError(f"{', '.join(map(str, manifests))}: the manifests hold no cuts")
@@ -278,13 +280,15 @@ def run_trained(
                                   search_batch))
 
     def search(beam: int):
-        searcher = Transcriber(loaded, method="greedy" if beam == 0 else "beam", beam=max(beam, 1),
-                               max_symbols_per_frame=max_symbols_per_frame, length_norm=length_norm and beam > 0)
+        opts = dict(method="greedy" if beam == 0 else "beam", beam=max(beam, 1),
+                    max_symbols_per_frame=max_symbols_per_frame, length_norm=length_norm and beam > 0)
+        searcher = Transcriber(loaded, **opts)
+        last_searcher = Transcriber(loaded, search_threads=search_threads, **opts)
 
         def one_pass() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {}
-            for group in groups:
-                r = searcher.search_pooled([(enc, enc_lens) for _, enc, enc_lens in group])
+            for i, group in enumerate(groups):
+                r = (last_searcher if i == len(groups) - 1 else searcher).search_pooled([(enc, enc_lens) for _, enc, enc_lens in group])
                 ids = [cut_id for cut_ids, _, _ in group for cut_id in cut_ids]
                 for cut_id, toks in zip(ids, r.tokens, strict=True):
                     out[cut_id] = list(toks)
@@ -300,10 +304,7 @@ def run_trained(
     with torch.no_grad():
         for beam in [0, *beams]:
             fn = search(beam)
-            enc0, lens0 = encoded[0]
-            decode(model.predictor, model.joiner, enc0, lens0, blank_id=blank,
-                   method="greedy" if beam == 0 else "beam", beam=max(beam, 1),
-                   max_symbols_per_frame=max_symbols_per_frame)  # warm-up
+            fn()  # warm-up: one untimed pass over every pooled search (a single batch left the first timed pass slow)
             t, runs, tokens = _median_timed(fn, repeats, device)
             report = score_by_language([refs[i] for i in scored_ids],
                                        [loaded.tokenizer.decode(tokens[i]) for i in scored_ids],
@@ -437,8 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="trained-model mode: utterances per search, pooling consecutive encoder batches as "
                         "just-asr decode --search-batch does; 0 = one search per encoder batch (default: 256)")
     p.add_argument("--encoder-workers", type=int, default=1,
-                   help="trained-model mode: batches encoded at once in threads, torch threads = --threads / N, "
-                        "as just-asr decode --encoder-workers (default: 1)")
+                   help="trained-model mode: batches encoded at once in threads, torch threads = --threads / N "
+                        "(the last search: --threads), as just-asr decode --encoder-workers (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random-model mode")
     args = p.parse_args(argv)
 
@@ -470,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_duration=args.max_duration, device=args.device,
             max_symbols_per_frame=args.max_symbols_per_frame, length_norm=args.length_norm,
             encoder_dtype=args.encoder_dtype, search_batch=args.search_batch, encoder_workers=args.encoder_workers,
+            search_threads=args.threads if args.encoder_workers > 1 else None,
         )
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"benchmarks/decode.py: error: {exc}", file=sys.stderr)
@@ -477,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model {args.model}; threads {args.threads}; device {args.device}; "
           f"max symbols per frame {args.max_symbols_per_frame}; encoder {args.encoder_dtype}; "
           f"search batch {args.search_batch}; encoder workers {args.encoder_workers} x "
-          f"{torch.get_num_threads()} torch threads")
+          f"{torch.get_num_threads()} torch threads"
+          + (f" (the last search: {args.threads} threads, as just-asr decode)" if args.encoder_workers > 1 else ""))
     print(format_trained(res), end="")
     return 0 if res.beam1_ok else 1
 

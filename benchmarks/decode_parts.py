@@ -10,6 +10,8 @@ load, and prints medians (RTF = seconds / audio seconds, 10 ms feature frames)::
     .venv/bin/python benchmarks/decode_parts.py predictor-step --model DIR --cuts MANIFEST...
     # encoder batches on N intra-op threads against N Python threads of one torch thread each
     .venv/bin/python benchmarks/decode_parts.py encoder-threads --model DIR --cuts MANIFEST... --threads 2
+    # the pooled searches (greedy, beam 4) on 1 torch thread against --threads (Transcriber search_threads)
+    .venv/bin/python benchmarks/decode_parts.py search-threads --model DIR --cuts MANIFEST... --threads 2
     # the depthwise convolution's kernels at the tiny model's shapes (no model needed)
     .venv/bin/python benchmarks/decode_parts.py depthwise --threads 2
 
@@ -137,6 +139,32 @@ def run_encoder_threads(args: argparse.Namespace) -> None:
           f"{n} Python threads x 1 torch thread {t['python'] / audio:.5f} ({t['intra'] / t['python']:.2f}x)")
 
 
+def run_search_threads(args: argparse.Namespace) -> None:
+    """What ``search_threads`` buys: with encoder workers on one torch thread each, the search that
+    starts after the last batch is encoded runs on all ``--threads`` instead of one."""
+    from just_asr.inference import Transcriber
+
+    loaded, batches, audio = _batches(args.model, args.cuts)
+    torch.set_num_threads(1)
+    encoded = [Transcriber(loaded, encoder_dtype="bfloat16").encode(f, l, apply_cmvn=False) for f, l in batches]
+    for method in ("greedy", "beam"):
+        opts = dict(method=method, beam=4, length_norm=method == "beam")
+        one, many = Transcriber(loaded, **opts), Transcriber(loaded, search_threads=args.threads, **opts)
+        tokens: dict[str, list] = {}
+
+        def search(tr, name):
+            def fn():
+                tokens[name] = tr.search_pooled(encoded).tokens
+            return fn
+
+        t = _alternate({"one": search(one, "one"), "many": search(many, "many")}, args.passes)
+        same = sum(a == b for a, b in zip(tokens["one"], tokens["many"], strict=True))
+        print(f"pooled {method} search{' (beam 4, length norm)' if method == 'beam' else ''}, bf16 encoder "
+              f"output: RTF 1 thread {t['one'] / audio:.5f}, {args.threads} threads {t['many'] / audio:.5f} "
+              f"({t['one'] / t['many']:.2f}x); same units on {same} of {len(tokens['one'])}")
+    torch.set_num_threads(args.threads)
+
+
 def run_depthwise(args: argparse.Namespace) -> None:
     """Forward and forward + backward of the conformer's depthwise conv (d=144, kernel 15) on a
     ``(B, T, d)`` activation, three ways: bf16 on a contiguous ``(B, d, 1, T)`` copy (the old bf16
@@ -177,11 +205,12 @@ def run_depthwise(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=("encoder", "predictor-step", "encoder-threads", "depthwise"))
+    p.add_argument("mode", choices=("encoder", "predictor-step", "encoder-threads", "search-threads", "depthwise"))
     p.add_argument("--model", metavar="DIR", help="model directory (just-asr export)")
     p.add_argument("--cuts", nargs="+", metavar="MANIFEST", help="lhotse cut manifests (the demo test set)")
     p.add_argument("--compare-src", metavar="DIR", help="encoder: the older tree's src directory")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (encoder-threads: the N of both variants)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (encoder-threads: the N of both variants; search-threads: the many-thread variant)")
     p.add_argument("--passes", type=int, default=7, help="timed rounds per variant (default: 7)")
     p.add_argument("--bf16", action="store_true", help="encoder-threads: bf16 autocast")
     args = p.parse_args(argv)
@@ -194,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}; {args.threads} threads; {args.passes} passes")
     {"encoder": run_encoder, "predictor-step": run_predictor_step, "encoder-threads": run_encoder_threads,
-     "depthwise": run_depthwise}[args.mode](args)
+     "search-threads": run_search_threads, "depthwise": run_depthwise}[args.mode](args)
     return 0
 
 

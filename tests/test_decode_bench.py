@@ -162,6 +162,28 @@ def test_search_batch_pools_searches_without_changing_units(bench, setup):
         bench.run_trained(model_dir, manifests, beams=[1], repeats=1, search_batch=-1)
 
 
+def test_last_search_gets_search_threads(bench, setup, monkeypatch):
+    """As just-asr decode with encoder workers: only the search that starts after the last batch is
+    encoded (the last pool) runs on ``search_threads``; the earlier ones keep the workers' setting."""
+    import just_asr.inference as inference
+
+    model_dir, manifests = setup
+    seen: list[int] = []
+    real = inference.decode
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "decode", recording)
+    assert torch.get_num_threads() == 1  # the module's fixture
+    res = bench.run_trained(model_dir, manifests, beams=[2], repeats=1, max_duration=1.0, search_batch=2,
+                            encoder_workers=2, search_threads=2)
+    assert torch.get_num_threads() == 1
+    assert res.num_searches == 2 and res.beam1_mismatches == 0
+    assert len(seen) >= 6 and seen == [1, 2] * (len(seen) // 2)  # warm-up and timed passes, each method
+
+
 def test_max_utts_per_lang_and_errors(bench, setup, tmp_path, capsys):
     model_dir, manifests = setup
     res = bench.run_trained(model_dir, manifests, beams=[1], repeats=1, max_utts_per_lang=1)
@@ -194,6 +216,9 @@ def test_decode_parts_modes_run_and_report(setup, capsys):
     assert "encoder fp32" in out and "encoder bf16" in out
     assert parts.main(["encoder-threads", *common]) == 0
     assert "1 Python threads x 1 torch thread" in capsys.readouterr().out
+    assert parts.main(["search-threads", *common[:-4], "--threads", "2", "--passes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("same units on 4 of 4") == 2 and "1 thread" in out and "2 threads" in out
     torch.set_num_threads(1)
     with pytest.raises(SystemExit):
         parts.main(["encoder", *common])  # no --compare-src

@@ -301,6 +301,64 @@ def test_encode_stream_with_workers_keeps_order_and_values(model_dir, audio_file
         Transcriber(loaded, encoder_workers=0)
 
 
+def _record_search_threads(monkeypatch) -> list[int]:
+    """Patch the Transcriber's search to note torch's thread count each time it runs."""
+    import just_asr.inference as inference
+
+    seen: list[int] = []
+    real = inference.decode
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "decode", recording)
+    return seen
+
+
+def test_search_threads_only_while_nothing_is_encoded(model_dir, audio_files, monkeypatch):
+    """``search_threads``: a search that starts with no encoder call running or queued gets that many
+    torch threads and restores the setting; one that starts while a batch waits for a worker keeps the
+    current setting (no oversubscription); the units are the same either way."""
+    import threading
+
+    loaded = load_model_dir(model_dir)
+    feats, lens = _features(audio_files)
+    seen = _record_search_threads(monkeypatch)
+    assert torch.get_num_threads() == 1  # the module's fixture
+    plain = Transcriber(loaded).decode_batch(feats, lens)
+    tr = Transcriber(loaded, search_threads=2, encoder_workers=2)
+    both = tr.decode_batch(feats, lens)
+    assert seen == [1, 2] and torch.get_num_threads() == 1
+    assert both.tokens == plain.tokens and both.scores == pytest.approx(plain.scores, abs=1e-5)
+
+    # a stream whose second batch is held until the first one's output has been searched
+    release = threading.Event()
+    real_encode = tr.encode
+
+    def held_encode(features, lens_, apply_cmvn=True):
+        if features.shape[0] == 2:  # the held batch
+            assert release.wait(30)
+        return real_encode(features, lens_, apply_cmvn=apply_cmvn)
+
+    tr.encode = held_encode
+    parts = [(feats[:1], lens[:1], "a"), (feats[:2], lens[:2], "b"), (feats[:1], lens[:1], "c")]
+    seen.clear()
+    stream = tr.encode_stream(iter(parts))
+    try:
+        tag, enc, enc_lens = next(stream)
+        assert tag == "a"
+        tr.search(enc, enc_lens)  # "b" still in a worker: one thread
+    finally:
+        release.set()
+    rest = list(stream)
+    assert [t for t, _, _ in rest] == ["b", "c"]
+    tr.search_pooled([(e, l) for _, e, l in rest])  # everything encoded: two threads
+    assert seen == [1, 2] and torch.get_num_threads() == 1 and tr._encoding == 0
+    with pytest.raises(ValueError, match="search_threads must be >= 1"):
+        Transcriber(loaded, search_threads=0)
+
+
 def test_bf16_encoder_is_close_to_float32_and_searched_in_float32(model_dir, audio_files):
     loaded = load_model_dir(model_dir)
     feats, lens = _features(audio_files)
@@ -367,7 +425,7 @@ def _write_cuts(path, items):
     return path
 
 
-def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp_path, capsys):
+def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp_path, capsys, monkeypatch):
     import shutil
 
     wavs = []
@@ -452,6 +510,14 @@ def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp
     assert (o / "hyp_pl.txt").read_text(encoding="utf-8") == (out / "hyp_pl.txt").read_text(encoding="utf-8")
     assert (o / "hyp_en.txt").read_text() == (out / "hyp_en.txt").read_text()
     assert json.loads((o / "wer.json").read_text())["info"]["encoder_workers"] == 2
+    # two workers on one thread each; the one search starts after the last batch: both threads
+    seen = _record_search_threads(monkeypatch)
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_pl), str(m_en), "--out", str(tmp_path / "w2"),
+               "--max-duration", "1", "--encoder-workers", "2", "--threads", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert seen == [2] and torch.get_num_threads() == 1
+    assert (tmp_path / "w2" / "hyp_en.txt").read_text() == (out / "hyp_en.txt").read_text()
+    torch.set_num_threads(1)
     rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_en), "--out", str(tmp_path / "bf"),
                "--encoder-dtype", "bfloat16"])
     assert rc == 0 and json.loads((tmp_path / "bf" / "wer.json").read_text())["info"]["encoder_dtype"] == "bfloat16"

@@ -447,6 +447,14 @@ class Transcriber:
           encoder calls side by side beat one call on two intra-op threads (1.1-1.3x on the demo
           model, ``BENCHMARKS.md``): give torch ``cores // encoder_workers`` threads then
           (``just-asr decode --encoder-workers`` does).
+        search_threads: torch intra-op threads for a search that starts while no :meth:`encode`
+          call is running (the last pooled search of ``just-asr decode``, or any search after the
+          encoding is done), restored afterwards. With encoder workers on one thread each, the
+          search would otherwise run on one thread while the other cores idle (1.35x slower for
+          the demo model's greedy search: ``BENCHMARKS.md``). ``None`` (default) leaves torch's
+          setting alone. A search that starts while an encoder call runs keeps the current setting,
+          so the two never oversubscribe the cores. torch's thread count is process-wide: do not
+          start encoder calls from other threads of your own while such a search runs.
 
     Encoder and search can run on different batches: :meth:`encode` a padding-friendly batch at a
     time, then :meth:`search_pooled` several encoder outputs at once. The search steps through the
@@ -466,6 +474,7 @@ class Transcriber:
         max_batch_frames: int = 12000,
         encoder_dtype: str = "float32",
         encoder_workers: int = 1,
+        search_threads: int | None = None,
     ) -> None:
         if method not in ("greedy", "beam"):
             raise ValueError(f"unknown decoding method {method!r}; use 'greedy' or 'beam'")
@@ -473,6 +482,8 @@ class Transcriber:
             raise ValueError(f"encoder_workers must be >= 1; got {encoder_workers}")
         if encoder_dtype not in ENCODER_DTYPES:
             raise ValueError(f"unknown encoder dtype {encoder_dtype!r}; use one of {', '.join(ENCODER_DTYPES)}")
+        if search_threads is not None and search_threads < 1:
+            raise ValueError(f"search_threads must be >= 1; got {search_threads}")
         if beam < 1:
             raise ValueError(f"beam must be >= 1; got {beam}")
         if max_batch_frames < 1:
@@ -486,10 +497,12 @@ class Transcriber:
         self.max_batch_frames = max_batch_frames
         self.encoder_dtype = encoder_dtype
         self.encoder_workers = encoder_workers
+        self.search_threads = search_threads
+        self._encoding = 0  # encoder calls running or queued for a worker now; guarded by _lock
         #: seconds spent in the encoder and in the search by the calls so far (for RTF reports);
         #: with several encoder workers, "encode" sums the workers' times (it can exceed wall time)
         self.timings = {"encode": 0.0, "search": 0.0}
-        self._timings_lock = threading.Lock()
+        self._lock = threading.Lock()
 
     @property
     def model(self) -> JustModel:
@@ -520,12 +533,17 @@ class Transcriber:
         lens = lens.to(device, torch.int64)
         if apply_cmvn and self.loaded.cmvn is not None:
             features = self.loaded.cmvn.apply(features, lens)
+        with self._lock:
+            self._encoding += 1
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == "bfloat16"):
-            enc, enc_lens = model.encode(features, lens)
-        enc = enc.float()
-        with self._timings_lock:
-            self.timings["encode"] += time.perf_counter() - start
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == "bfloat16"):
+                enc, enc_lens = model.encode(features, lens)
+            enc = enc.float()
+        finally:
+            with self._lock:
+                self._encoding -= 1
+                self.timings["encode"] += time.perf_counter() - start
         return enc, enc_lens
 
     def encode_stream(
@@ -544,10 +562,21 @@ class Transcriber:
             for features, lens, tag in batches:
                 yield (tag, *self.encode(features, lens, apply_cmvn=apply_cmvn))
             return
+
+        def queued_encode(features: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+            try:
+                return self.encode(features, lens, apply_cmvn=apply_cmvn)
+            finally:
+                with self._lock:
+                    self._encoding -= 1
+
         with ThreadPoolExecutor(self.encoder_workers, thread_name_prefix="just-asr-encode") as pool:
             inflight: deque = deque()
             for features, lens, tag in batches:
-                inflight.append((tag, pool.submit(self.encode, features, lens, apply_cmvn)))
+                # counted from submission, so that a search never sees a batch waiting for a worker as idle
+                with self._lock:
+                    self._encoding += 1
+                inflight.append((tag, pool.submit(queued_encode, features, lens)))
                 if len(inflight) > self.encoder_workers:
                     # hand out the oldest while the newest ones keep every worker busy
                     done_tag, future = inflight.popleft()
@@ -562,12 +591,22 @@ class Transcriber:
         model = self.model
         if model.training:
             model.eval()
+        with self._lock:
+            idle = self._encoding == 0
+        threads_before = torch.get_num_threads()
+        switch = self.search_threads is not None and idle and self.search_threads != threads_before
         start = time.perf_counter()
-        result = decode(
-            model.predictor, model.joiner, enc, enc_lens, blank_id=self.loaded.tokenizer.blank_id,
-            method=self.method, beam=self.beam, max_symbols_per_frame=self.max_symbols_per_frame,
-            length_norm=self.length_norm, merge=self.merge,
-        )
+        if switch:
+            torch.set_num_threads(self.search_threads)
+        try:
+            result = decode(
+                model.predictor, model.joiner, enc, enc_lens, blank_id=self.loaded.tokenizer.blank_id,
+                method=self.method, beam=self.beam, max_symbols_per_frame=self.max_symbols_per_frame,
+                length_norm=self.length_norm, merge=self.merge,
+            )
+        finally:
+            if switch:
+                torch.set_num_threads(threads_before)
         self.timings["search"] += time.perf_counter() - start
         return result
 

@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder precision: bfloat16 runs it under autocast, 1.3-1.5x faster on CPUs with "
                              "AVX-512 bf16, WER within about a point (the search stays float32; default: float32)")
     parser.add_argument("--encoder-workers", type=int, default=1, metavar="N",
-                        help="encode N batches at once in threads; torch then gets --threads/N threads (also for "
-                             "the search), so --threads must be at least N (2 on a 2-core CPU: 1.2-1.3x faster "
+                        help="encode N batches at once in threads; torch then gets --threads/N threads (and so does "
+                             "a search while batches are still being encoded; one that starts after the last "
+                             "batch, e.g. the only one on a small test set, gets all --threads), so --threads "
+                             "must be at least N (2 on a 2-core CPU: 1.2-1.3x faster "
                              "encoding of a small model; wer.json's encode_seconds then sums the workers' times; "
                              "default: 1)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -103,11 +105,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"just-asr decode: error: --encoder-workers {args.encoder_workers} needs --threads >= "
               f"{args.encoder_workers} (each worker gets --threads/N torch threads), got {args.threads}", file=sys.stderr)
         return 2
+    search_threads = None
     if args.threads is not None or args.encoder_workers > 1:
         import torch
 
         total = args.threads if args.threads is not None else torch.get_num_threads()
         torch.set_num_threads(max(1, total // args.encoder_workers))
+        if args.encoder_workers > 1:
+            search_threads = total  # a search that starts while no batch is being encoded uses every thread
     try:
         if args.max_duration <= 0:
             raise ValueError(f"--max-duration must be positive, got {args.max_duration}")
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         transcriber = Transcriber(
             loaded, method=args.method, beam=args.beam, max_symbols_per_frame=args.max_symbols_per_frame,
             length_norm=args.length_norm, encoder_dtype=args.encoder_dtype, encoder_workers=args.encoder_workers,
+            search_threads=search_threads,
         )
         cuts = _load_cuts(args.cuts)
     except (ModelDirError, ValueError, OSError) as exc:
