@@ -220,7 +220,7 @@ def run_trained(
     Raises ``ValueError`` (naming the file) for a missing or unreadable manifest or model
     directory, and when no utterance could be featurised.
     """
-    from just_asr.cli.decode import _load_cuts
+    from just_asr.data.loader import read_cut_manifests
     from just_asr.data.dataset import cut_language
     from just_asr.evaluate import score_by_language
     from just_asr.evaluate.metrics import language_order
@@ -236,7 +236,7 @@ def run_trained(
         raise ValueError(f"--search-batch must be >= 0, got {search_batch}")
     loaded = load_model_dir(model_dir, device=device)
     loaded.model.eval()
-    cuts = _select_cuts(_load_cuts([str(m) for m in manifests]), max_utts_per_lang)
+    cuts = _select_cuts(read_cut_manifests([str(m) for m in manifests]), max_utts_per_lang)
     if len(cuts) == 0:
         raise ValueError(f"{', '.join(map(str, manifests))}: the manifests hold no cuts")
     langs_by_id = {c.id: cut_language(c) for c in cuts}

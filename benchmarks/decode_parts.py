@@ -40,11 +40,11 @@ def _batches(model_dir: str, manifests: list[str]):
     """``(loaded model, [(features, lens)], audio seconds)``: ``benchmarks/decode.py``'s batches."""
     from decode import load_batches
 
-    from just_asr.cli.decode import _load_cuts
+    from just_asr.data.loader import read_cut_manifests
     from just_asr.inference import load_model_dir
 
     loaded = load_model_dir(model_dir)
-    batches = load_batches(loaded, _load_cuts(manifests), manifests, 200.0)
+    batches = load_batches(loaded, read_cut_manifests(manifests), manifests, 200.0)
     audio = sum(float(b.lens.sum()) for b in batches) / 100.0
     return loaded, [(b.features, b.lens) for b in batches], audio
 

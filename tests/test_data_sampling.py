@@ -160,3 +160,22 @@ def test_distributed_ranks_partition_eval_data(corpus):
     assert b0 != b1
     with pytest.raises(ValueError, match="rank"):
         make_train_dataloader(tr, None, max_duration=2.0, world_size=2, rank=2)
+
+
+def test_read_cut_manifests_combines_in_order_and_names_bad_files(tmp_path):
+    from just_asr.data.loader import read_cut_manifests
+
+    a, b = tmp_path / "a_cuts.jsonl.gz", tmp_path / "b_cuts.jsonl.gz"
+    _fake_cuts("pl", 2, 1.0).to_file(a)
+    _fake_cuts("de", 3, 1.5).to_file(b)
+    assert [c.id for c in read_cut_manifests([b, str(a)])] == ["de-0", "de-1", "de-2", "pl-0", "pl-1"]
+    with pytest.raises(ValueError, match=r"a_cuts\.jsonl\.gz: cut id 'pl-0' also appears in .*a_cuts\.jsonl\.gz"):
+        read_cut_manifests([a, a])
+    with pytest.raises(ValueError, match=r"nope\.jsonl\.gz: cut manifest not found"):
+        read_cut_manifests([a, tmp_path / "nope.jsonl.gz"])
+    bad = tmp_path / "bad_cuts.jsonl"
+    bad.write_text('{"not": "a cut"}\n')
+    with pytest.raises(ValueError, match=r"bad_cuts\.jsonl: not a lhotse cut manifest"):
+        read_cut_manifests([bad])
+    with pytest.raises(ValueError, match="no cut manifests given"):
+        read_cut_manifests([])

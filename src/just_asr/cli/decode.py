@@ -57,31 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "whose directory records the SeamlessM4T recipe always uses it")
 
 
-def _load_cuts(paths: list[str]):
-    """Read every manifest eagerly and combine them; errors name the file."""
-    from lhotse import CutSet
-
-    sets = []
-    seen: dict[str, str] = {}
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise ValueError(f"{path}: cut manifest not found")
-        try:
-            cuts = CutSet.from_file(path)
-        except Exception as exc:  # lhotse raises many types for a bad manifest
-            raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
-        for c in cuts:
-            if c.id in seen:
-                raise ValueError(f"{path}: cut id {c.id!r} also appears in {seen[c.id]}")
-            seen[c.id] = str(path)
-        sets.append(cuts)
-    combined = sets[0]
-    for s in sets[1:]:
-        combined = combined + s
-    return combined
-
-
 def _write_lines(path: Path, items: list[tuple[str, str]]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for cut_id, text in sorted(items):
@@ -91,7 +66,7 @@ def _write_lines(path: Path, items: list[tuple[str, str]]) -> None:
 def run(args: argparse.Namespace) -> int:
     from just_asr.data.dataset import cut_language
     from just_asr.data.errors import DataError
-    from just_asr.data.loader import make_eval_dataloader
+    from just_asr.data.loader import make_eval_dataloader, read_cut_manifests
     from just_asr.evaluate import format_markdown, score_by_language, write_reports
     from just_asr.inference import ModelDirError, Transcriber, load_model_dir, pool_for_search
 
@@ -124,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             length_norm=args.length_norm, encoder_dtype=args.encoder_dtype, encoder_workers=args.encoder_workers,
             search_threads=search_threads,
         )
-        cuts = _load_cuts(args.cuts)
+        cuts = read_cut_manifests(args.cuts)
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"just-asr decode: error: {exc}", file=sys.stderr)
         return 2

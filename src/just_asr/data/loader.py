@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch.utils.data
 
@@ -258,6 +258,38 @@ def make_train_dataloader(
     loader.language_mix = mix  # type: ignore[attr-defined]
     loader.errors = errors  # type: ignore[attr-defined]
     return loader
+
+
+def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
+    """Read lhotse cut manifests eagerly and combine them into one ``CutSet`` (in the given order):
+    the evaluation input of ``just-asr decode`` and the decoding benchmarks.
+
+    Raises ``ValueError`` naming the file for a missing or unreadable manifest and for a cut id that
+    two manifests share (naming both), and when ``paths`` is empty.
+    """
+    from lhotse import CutSet
+
+    if not paths:
+        raise ValueError("no cut manifests given")
+    sets = []
+    seen: dict[str, str] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"{path}: cut manifest not found")
+        try:
+            cuts = CutSet.from_file(path)
+        except Exception as exc:  # lhotse raises many types for a bad manifest
+            raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
+        for c in cuts:
+            if c.id in seen:
+                raise ValueError(f"{path}: cut id {c.id!r} also appears in {seen[c.id]}")
+            seen[c.id] = str(path)
+        sets.append(cuts)
+    combined = sets[0]
+    for s in sets[1:]:
+        combined = combined + s
+    return combined
 
 
 def make_eval_dataloader(
