@@ -179,3 +179,23 @@ def test_read_cut_manifests_combines_in_order_and_names_bad_files(tmp_path):
         read_cut_manifests([bad])
     with pytest.raises(ValueError, match="no cut manifests given"):
         read_cut_manifests([])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(rank=2, world_size=2), r"rank must be in \[0, world_size=2\), got 2"),
+    (dict(max_duration=0.0), "max_duration must be > 0, got 0.0"),
+    (dict(feature_source="wav"), "wav"),
+])
+def test_loader_builders_check_their_arguments_first(tmp_path, bad, match):
+    """The train, eval and Shar builders refuse a bad rank, a non-positive batch duration or an
+    unknown feature source before reading anything (the same checks in all three)."""
+    from just_asr.data.loader import make_eval_dataloader, make_train_dataloader
+    from just_asr.data.shar import make_shar_train_dataloader
+
+    args = dict(max_duration=2.0) | bad
+    with pytest.raises(ValueError, match=match):
+        make_train_dataloader({"pl": _fake_cuts("pl", 2, 1.0)}, None, **args)
+    with pytest.raises(ValueError, match=match):
+        make_eval_dataloader(_fake_cuts("pl", 2, 1.0), None, **args)
+    with pytest.raises(ValueError, match=match):  # checked before the (missing) index is opened
+        make_shar_train_dataloader(tmp_path / "no-shar", ["pl"], "train", None, **args)

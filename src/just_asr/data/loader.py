@@ -146,6 +146,17 @@ class _StreamDataset(AsrDataset):
         return super().__getitem__(item)
 
 
+def check_loader_args(rank: int, world_size: int, max_duration: float, feature_source: str, cmvn: object) -> None:
+    """The checks every DataLoader builder makes before reading anything (``ValueError``): the rank
+    within the world, a positive batch duration, and a known feature source that agrees with
+    ``cmvn`` (:func:`just_asr.data.features.check_feature_source`)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if max_duration <= 0:
+        raise ValueError(f"max_duration must be > 0, got {max_duration}")
+    check_feature_source(feature_source, cmvn)
+
+
 def _load_cmvn(cmvn: GlobalCMVN | str | Path | None) -> GlobalCMVN | None:
     if cmvn is None or isinstance(cmvn, GlobalCMVN):
         return cmvn
@@ -213,11 +224,7 @@ def make_train_dataloader(
     the stream after ``n`` batches); SpecAugment is re-seeded per batch from ``(seed, rank, batch
     index)``.
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    if max_duration <= 0:
-        raise ValueError(f"max_duration must be > 0, got {max_duration}")
-    check_feature_source(feature_source, cmvn)  # before the (possibly long) counting pass
+    check_loader_args(rank, world_size, max_duration, feature_source, cmvn)  # before the (possibly long) counting pass
     errors = errors if errors is not None else ErrorCollector("skip")
     cuts, mix = temperature_mux(cuts_by_lang, temperature, unit, seed=seed, stats=stats)
     if rank == 0 and not logging.getLogger("just_asr.data.sampling").isEnabledFor(logging.INFO):
@@ -318,9 +325,7 @@ def make_eval_dataloader(
     ``cmvn`` and ``feature_source`` are as in :func:`make_train_dataloader` (a model imported from
     w2v-BERT 2.0 is evaluated with ``feature_source="seamless"`` and no CMVN).
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    check_feature_source(feature_source, cmvn)
+    check_loader_args(rank, world_size, max_duration, feature_source, cmvn)
     errors = errors if errors is not None else ErrorCollector("skip")
     n_cuts = sum(1 for _ in cuts)  # evaluation sets are small; lhotse needs buckets <= cuts
     if n_cuts == 0:

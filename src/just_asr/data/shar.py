@@ -612,15 +612,10 @@ def make_shar_train_dataloader(
     from lhotse.dataset.iterable_dataset import IterableDatasetWrapper
 
     from just_asr.data.dataset import AsrDataset
-    from just_asr.data.features import check_feature_source
-    from just_asr.data.loader import _load_cmvn, _SpellableFilter
+    from just_asr.data.loader import _load_cmvn, _SpellableFilter, check_loader_args
     from just_asr.data.sampling import LanguageStats, language_mix
 
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    if max_duration <= 0:
-        raise ValueError(f"max_duration must be > 0, got {max_duration}")
-    check_feature_source(feature_source, cmvn)
+    check_loader_args(rank, world_size, max_duration, feature_source, cmvn)
     index = index if isinstance(index, SharIndex) else SharIndex.load(index)
     fields = index.read_fields(feature_source)
     sets = {l: index.get(l, split) for l in langs}
