@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from just_asr.decode import decode
 from just_asr.model import JustModel
-from just_asr.model.transducer import Joiner, Predictor, StatelessPredictor
+from just_asr.model.transducer import Predictor, StatelessPredictor
 
 from test_model_just import VOCAB, make_batch, make_cfg
 

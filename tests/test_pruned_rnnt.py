@@ -186,7 +186,7 @@ def test_bounds_are_valid_for_random_inputs(S: int) -> None:
         assert bounds.shape == (B, T) and bounds.dtype == torch.int64
         check_bounds(bounds, t_lens, u_lens, S, U + 1)
         # the pruned loss on these bounds is finite: a complete path is inside the band
-        V, J = 5, 4
+        V = 5
         Seff = min(S, U + 1)
         targets = torch.randint(1, V, (B, U), generator=g)
         logits = torch.randn(B, T, Seff, V, generator=g)

@@ -333,7 +333,6 @@ class ConvModule(nn.Module):
         ``(B, d, T)`` copy in float32; see ``BENCHMARKS.md``, training throughput); in float32 on
         CPU even under bf16 autocast (:meth:`_depthwise`).
         """
-        d = x.size(-1)
         y = self.layer_norm(x)  # (B, T, d)
         y = F.linear(y, self.pointwise_conv1.weight.squeeze(-1), self.pointwise_conv1.bias)  # (B, T, 2d)
         y = F.glu(y, dim=-1)  # (B, T, d): first half * sigmoid(second half), as GLU over channels
