@@ -214,8 +214,9 @@ def run_trained(
     ``encoder_dtype``, ``search_batch`` and ``encoder_workers`` as ``just-asr decode``'s options:
     the encoder outputs of consecutive batches are pooled until ``search_batch`` utterances, 0 =
     one search per encoder batch). ``search_threads``: torch threads of the last search, as
-    ``just-asr decode`` gives the search that starts after the last batch is encoded (the earlier
-    ones run while encoder workers are busy, on the current setting).
+    ``just-asr decode`` gives a search that starts when no batch is being encoded (here the earlier
+    searches are taken to start while the workers are still busy, on the current setting: the
+    command's case when encoding is the slower part).
 
     Raises ``ValueError`` (naming the file) for a missing or unreadable manifest or model
     directory, and when no utterance could be featurised.
@@ -304,7 +305,7 @@ def run_trained(
     with torch.no_grad():
         for beam in [0, *beams]:
             fn = search(beam)
-            fn()  # warm-up: one untimed pass over every pooled search (a single batch left the first timed pass slow)
+            fn()  # warm-up: one untimed pass of the same pooled searches that are then timed
             t, runs, tokens = _median_timed(fn, repeats, device)
             report = score_by_language([refs[i] for i in scored_ids],
                                        [loaded.tokenizer.decode(tokens[i]) for i in scored_ids],

@@ -197,7 +197,7 @@ def test_max_utts_per_lang_and_errors(bench, setup, tmp_path, capsys):
         bench.main(["--model", str(model_dir)])  # --model without --cuts
 
 
-def test_decode_parts_modes_run_and_report(setup, capsys):
+def test_decode_parts_modes_run_and_report(setup, capsys, monkeypatch):
     """``benchmarks/decode_parts.py``: each in-process comparison runs on a small model and says
     what it compared (the predictor-step swap must not change a single unit)."""
     spec = importlib.util.spec_from_file_location("decode_parts_bench", ROOT / "benchmarks" / "decode_parts.py")
@@ -216,9 +216,20 @@ def test_decode_parts_modes_run_and_report(setup, capsys):
     assert "encoder fp32" in out and "encoder bf16" in out
     assert parts.main(["encoder-threads", *common]) == 0
     assert "1 Python threads x 1 torch thread" in capsys.readouterr().out
+    import just_asr.inference as inference
+
+    seen: list[int] = []
+    real = inference.decode
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "decode", recording)
     assert parts.main(["search-threads", *common[:-4], "--threads", "2", "--passes", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("same units on 4 of 4") == 2 and "1 thread" in out and "2 threads" in out
+    assert seen == [1, 2] * 4  # greedy and beam: one untimed and one timed call of each variant
     torch.set_num_threads(1)
     with pytest.raises(SystemExit):
         parts.main(["encoder", *common])  # no --compare-src

@@ -297,6 +297,10 @@ def test_encode_stream_with_workers_keeps_order_and_values(model_dir, audio_file
     assert next(stream)[0] == "tag0"
     with pytest.raises(ValueError, match=r"features must be \(B, T, 80\)"):
         next(stream)
+    stream.close()
+    import just_asr.inference as inference
+
+    assert inference._ACTIVITY.encoding == 0  # failed and abandoned batches leave no count behind
     with pytest.raises(ValueError, match="encoder_workers must be >= 1"):
         Transcriber(loaded, encoder_workers=0)
 
@@ -318,9 +322,11 @@ def _record_search_threads(monkeypatch) -> list[int]:
 
 def test_search_threads_only_while_nothing_is_encoded(model_dir, audio_files, monkeypatch):
     """``search_threads``: a search that starts with no encoder call running or queued gets that many
-    torch threads and restores the setting; one that starts while a batch waits for a worker keeps the
-    current setting (no oversubscription); the units are the same either way."""
+    torch threads and restores the setting; one that starts while a batch waits for a worker, or while
+    another Transcriber encodes, keeps the current setting (no oversubscription); same units either way."""
     import threading
+
+    import just_asr.inference as inference
 
     loaded = load_model_dir(model_dir)
     feats, lens = _features(audio_files)
@@ -354,7 +360,30 @@ def test_search_threads_only_while_nothing_is_encoded(model_dir, audio_files, mo
     rest = list(stream)
     assert [t for t, _, _ in rest] == ["b", "c"]
     tr.search_pooled([(e, l) for _, e, l in rest])  # everything encoded: two threads
-    assert seen == [1, 2] and torch.get_num_threads() == 1 and tr._encoding == 0
+    assert seen == [1, 2] and torch.get_num_threads() == 1
+    assert inference._ACTIVITY.encoding == 0 and inference._ACTIVITY.searching == 0
+    # another Transcriber's encoder call, in a thread of the caller's, counts too: torch's thread
+    # setting is not per instance
+    real_model_encode = loaded.model.encode
+    entered = threading.Event()
+
+    def held_model_encode(features, lens_):
+        entered.set()
+        assert release.wait(30)
+        return real_model_encode(features, lens_)
+
+    monkeypatch.setattr(loaded.model, "encode", held_model_encode)
+    release.clear()
+    worker = threading.Thread(target=lambda: Transcriber(loaded).encode(feats[:2], lens[:2]))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        seen.clear()
+        Transcriber(loaded, search_threads=2).search(enc, enc_lens)
+    finally:
+        release.set()
+        worker.join()
+    assert seen == [1] and inference._ACTIVITY.encoding == 0
     with pytest.raises(ValueError, match="search_threads must be >= 1"):
         Transcriber(loaded, search_threads=0)
 

@@ -405,6 +405,27 @@ def stack_encoded(encoded: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Ten
     return torch.cat(parts, dim=0), torch.cat([lens for _, lens in encoded], dim=0)
 
 
+class _Activity:
+    """Encoder calls and searches in progress in this process, over every :class:`Transcriber`.
+
+    torch's intra-op thread count is set per thread (and new threads take the last value set as
+    their default), so a search may only widen its own thread's count while nothing else decodes:
+    no encoder call running or waiting for a worker, and no other search.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.encoding = 0
+        self.searching = 0
+
+    def add_encoding(self, n: int) -> None:
+        with self.lock:
+            self.encoding += n
+
+
+_ACTIVITY = _Activity()
+
+
 def pool_for_search(
     encoded: Iterable[tuple[Any, Tensor, Tensor]], search_batch: int
 ) -> Iterator[list[tuple[Any, Tensor, Tensor]]]:
@@ -447,14 +468,17 @@ class Transcriber:
           encoder calls side by side beat one call on two intra-op threads (1.1-1.3x on the demo
           model, ``BENCHMARKS.md``): give torch ``cores // encoder_workers`` threads then
           (``just-asr decode --encoder-workers`` does).
-        search_threads: torch intra-op threads for a search that starts while no :meth:`encode`
-          call is running (the last pooled search of ``just-asr decode``, or any search after the
-          encoding is done), restored afterwards. With encoder workers on one thread each, the
-          search would otherwise run on one thread while the other cores idle (1.35x slower for
-          the demo model's greedy search: ``BENCHMARKS.md``). ``None`` (default) leaves torch's
-          setting alone. A search that starts while an encoder call runs keeps the current setting,
-          so the two never oversubscribe the cores. torch's thread count is process-wide: do not
-          start encoder calls from other threads of your own while such a search runs.
+        search_threads: torch intra-op threads for a search that starts while nothing else in
+          the process decodes (no encoder call of any ``Transcriber`` running or queued for a
+          worker, no other search), e.g. the last pooled search of ``just-asr decode`` when the
+          workers are done; the setting is restored afterwards. With encoder workers on one thread
+          each, the search would otherwise run on one thread while the other cores idle (the demo
+          model's searches are 1.16-1.35x faster on two threads: ``BENCHMARKS.md``). ``None``
+          (default) leaves torch's setting alone. A search that starts while an encoder call runs
+          keeps the current setting, so the two never oversubscribe the cores. torch keeps the
+          thread count per thread, and a thread's first torch call takes the last value set
+          anywhere: a thread of your own whose first torch call falls inside such a search keeps
+          ``search_threads`` for good. torch builds without OpenMP ignore the change (with a warning).
 
     Encoder and search can run on different batches: :meth:`encode` a padding-friendly batch at a
     time, then :meth:`search_pooled` several encoder outputs at once. The search steps through the
@@ -498,11 +522,10 @@ class Transcriber:
         self.encoder_dtype = encoder_dtype
         self.encoder_workers = encoder_workers
         self.search_threads = search_threads
-        self._encoding = 0  # encoder calls running or queued for a worker now; guarded by _lock
         #: seconds spent in the encoder and in the search by the calls so far (for RTF reports);
         #: with several encoder workers, "encode" sums the workers' times (it can exceed wall time)
         self.timings = {"encode": 0.0, "search": 0.0}
-        self._lock = threading.Lock()
+        self._timings_lock = threading.Lock()
 
     @property
     def model(self) -> JustModel:
@@ -533,16 +556,15 @@ class Transcriber:
         lens = lens.to(device, torch.int64)
         if apply_cmvn and self.loaded.cmvn is not None:
             features = self.loaded.cmvn.apply(features, lens)
-        with self._lock:
-            self._encoding += 1
+        _ACTIVITY.add_encoding(1)
         start = time.perf_counter()
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == "bfloat16"):
                 enc, enc_lens = model.encode(features, lens)
             enc = enc.float()
         finally:
-            with self._lock:
-                self._encoding -= 1
+            _ACTIVITY.add_encoding(-1)
+            with self._timings_lock:
                 self.timings["encode"] += time.perf_counter() - start
         return enc, enc_lens
 
@@ -562,21 +584,19 @@ class Transcriber:
             for features, lens, tag in batches:
                 yield (tag, *self.encode(features, lens, apply_cmvn=apply_cmvn))
             return
-
-        def queued_encode(features: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
-            try:
-                return self.encode(features, lens, apply_cmvn=apply_cmvn)
-            finally:
-                with self._lock:
-                    self._encoding -= 1
-
         with ThreadPoolExecutor(self.encoder_workers, thread_name_prefix="just-asr-encode") as pool:
             inflight: deque = deque()
             for features, lens, tag in batches:
-                # counted from submission, so that a search never sees a batch waiting for a worker as idle
-                with self._lock:
-                    self._encoding += 1
-                inflight.append((tag, pool.submit(queued_encode, features, lens)))
+                # counted from submission until done (or cancelled), so that a search never takes a
+                # batch waiting for a worker for idleness
+                _ACTIVITY.add_encoding(1)
+                try:
+                    future = pool.submit(self.encode, features, lens, apply_cmvn)
+                except BaseException:
+                    _ACTIVITY.add_encoding(-1)
+                    raise
+                future.add_done_callback(lambda _: _ACTIVITY.add_encoding(-1))
+                inflight.append((tag, future))
                 if len(inflight) > self.encoder_workers:
                     # hand out the oldest while the newest ones keep every worker busy
                     done_tag, future = inflight.popleft()
@@ -591,14 +611,15 @@ class Transcriber:
         model = self.model
         if model.training:
             model.eval()
-        with self._lock:
-            idle = self._encoding == 0
         threads_before = torch.get_num_threads()
+        with _ACTIVITY.lock:
+            idle = _ACTIVITY.encoding == 0 and _ACTIVITY.searching == 0
+            _ACTIVITY.searching += 1
         switch = self.search_threads is not None and idle and self.search_threads != threads_before
         start = time.perf_counter()
-        if switch:
-            torch.set_num_threads(self.search_threads)
         try:
+            if switch:
+                torch.set_num_threads(self.search_threads)
             result = decode(
                 model.predictor, model.joiner, enc, enc_lens, blank_id=self.loaded.tokenizer.blank_id,
                 method=self.method, beam=self.beam, max_symbols_per_frame=self.max_symbols_per_frame,
@@ -607,6 +628,8 @@ class Transcriber:
         finally:
             if switch:
                 torch.set_num_threads(threads_before)
+            with _ACTIVITY.lock:
+                _ACTIVITY.searching -= 1
         self.timings["search"] += time.perf_counter() - start
         return result
 

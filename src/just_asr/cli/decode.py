@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "AVX-512 bf16, WER within about a point (the search stays float32; default: float32)")
     parser.add_argument("--encoder-workers", type=int, default=1, metavar="N",
                         help="encode N batches at once in threads; torch then gets --threads/N threads (and so does "
-                             "a search while batches are still being encoded; one that starts after the last "
-                             "batch, e.g. the only one on a small test set, gets all --threads), so --threads "
+                             "a search that starts while batches are being encoded; one that starts when none "
+                             "is, e.g. the only search of a small test set, gets all --threads), so --threads "
                              "must be at least N (2 on a 2-core CPU: 1.2-1.3x faster "
                              "encoding of a small model; wer.json's encode_seconds then sums the workers' times; "
                              "default: 1)")
