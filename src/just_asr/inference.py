@@ -584,18 +584,24 @@ class Transcriber:
             for features, lens, tag in batches:
                 yield (tag, *self.encode(features, lens, apply_cmvn=apply_cmvn))
             return
+
+        def queued_encode(features: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+            try:
+                return self.encode(features, lens, apply_cmvn=apply_cmvn)
+            finally:  # before the future's result is set, so a consumer that has it sees the count gone
+                _ACTIVITY.add_encoding(-1)
+
         with ThreadPoolExecutor(self.encoder_workers, thread_name_prefix="just-asr-encode") as pool:
             inflight: deque = deque()
             for features, lens, tag in batches:
-                # counted from submission until done (or cancelled), so that a search never takes a
-                # batch waiting for a worker for idleness
+                # counted from submission (released by the task; nothing here cancels a task), so
+                # that a search never takes a batch waiting for a worker for idleness
                 _ACTIVITY.add_encoding(1)
                 try:
-                    future = pool.submit(self.encode, features, lens, apply_cmvn)
+                    future = pool.submit(queued_encode, features, lens)
                 except BaseException:
                     _ACTIVITY.add_encoding(-1)
                     raise
-                future.add_done_callback(lambda _: _ACTIVITY.add_encoding(-1))
                 inflight.append((tag, future))
                 if len(inflight) > self.encoder_workers:
                     # hand out the oldest while the newest ones keep every worker busy
