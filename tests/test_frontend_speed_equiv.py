@@ -143,6 +143,28 @@ def test_depthwise_keeps_float64_and_handles_no_bias_and_bf16_weights() -> None:
     torch.testing.assert_close(out.double(), ref.bfloat16().double(), rtol=8e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_depthwise_weight_gradient_has_the_parameters_strides(bf16: bool) -> None:
+    """DDP's gradient layout contract: a parameter's gradient has the parameter's strides (DDP warned
+    "Grad strides do not match bucket view strides" for the depthwise kernel, whose gradient came
+    back with the convolution's channels-last strides on its size-1 dims), with the same values as
+    ``conv1d``'s gradient."""
+    torch.manual_seed(3)
+    m = ConvModule(144, 15, dropout=0.0)
+    y = torch.randn(4, 30, 144)
+    if bf16:  # as in training: the GLU's output is bf16 under autocast
+        y = y.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        m._depthwise(y, 7).float().square().sum().backward()
+    w = m.depthwise_conv.weight
+    assert w.grad.stride() == w.stride() == (15, 15, 1)
+    ref_w = w.detach().clone().requires_grad_(True)
+    F.conv1d(y.float().transpose(1, 2), ref_w, m.depthwise_conv.bias.detach(), padding=7,
+             groups=144).square().sum().backward()
+    err = float((w.grad - ref_w.grad).norm() / ref_w.grad.norm())
+    assert err < (1e-2 if bf16 else 1e-5)  # bf16: the output is rounded to bf16 before the loss
+
+
 _TWO_THREAD_BF16 = """
 import torch
 from just_asr.model.conformer import ConvModule

@@ -98,6 +98,25 @@ def test_every_parameter_gets_a_finite_gradient(over: dict[str, Any]) -> None:
         assert name in loss.metrics and torch.isfinite(loss.metrics[name])
 
 
+@pytest.mark.parametrize("codebooks", [1, 2])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_every_gradient_has_its_parameters_strides(codebooks: int, bf16: bool) -> None:
+    """DDP's gradient layout contract (its bucket views have the parameters' strides; a gradient
+    with other strides is copied, with a "Grad strides do not match bucket view strides" warning):
+    the quantiser's codevectors (size-1 group dim) and the depthwise kernel (size-1 channel dim)
+    broke it."""
+    torch.manual_seed(0)
+    over = {"quantizer": {"num_codebooks": codebooks, "codebook_size": 12, "code_dim": 8},
+            "encoder": {"conv_kernel": 5}}
+    model = JustModel(make_cfg(**over), VOCAB).train()
+    batch = make_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).compute_loss()
+    loss.total.backward()
+    bad = {n: (p.stride(), p.grad.stride()) for n, p in model.named_parameters() if p.grad.stride() != p.stride()}
+    assert not bad, f"gradient strides differ from the parameter's: {bad}"
+
+
 def test_beta_zero_runs_no_ssl_modules() -> None:
     torch.manual_seed(0)
     model = JustModel(make_cfg(loss={"ssl": 0.0}), VOCAB).train()

@@ -366,7 +366,10 @@ class ConvModule(nn.Module):
         in the input's dtype.
         """
         d = y.size(-1)
-        weight = self.depthwise_conv.weight.unsqueeze(2)  # (d, 1, 1, kernel)
+        # (d, 1, 1, kernel) through a (d, kernel) view: the weight's gradient then comes back with the
+        # parameter's own strides (an unsqueeze passes on the convolution's channels-last strides of
+        # its size-1 dims, and DDP warned "Grad strides do not match bucket view strides")
+        weight = self.depthwise_conv.weight.view(d, -1)[:, None, None, :]
         bias = self.depthwise_conv.bias
         if y.is_cuda:
             out = F.conv2d(y.transpose(1, 2).unsqueeze(2), weight, bias, padding=(0, pad), groups=d)

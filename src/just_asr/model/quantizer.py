@@ -111,8 +111,11 @@ class GumbelQuantizer(nn.Module):
         else:
             ids = logits.argmax(dim=-1)
             onehot = F.one_hot(ids, v).to(x.dtype)
-        # (B, T, G, V) x (G, V, d_g) -> (B, T, G, d_g)
-        quantized = torch.einsum("btgv,gvd->btgd", onehot, self.codevectors.to(x.dtype)).reshape(b, t, -1)
+        # (B, T, G, V) x (G, V, d_g) -> (B, T, G, d_g); the codevectors through a (G*V, d_g) view, so
+        # that their gradient comes back with the parameter's strides (the einsum's own gradient has
+        # another stride on the size-1 group dim, and DDP warned "Grad strides do not match")
+        codevectors = self.codevectors.view(g * v, -1).view(g, v, -1)
+        quantized = torch.einsum("btgv,gvd->btgd", onehot, codevectors.to(x.dtype)).reshape(b, t, -1)
         keep = valid.unsqueeze(-1)
         quantized = quantized * keep.to(quantized.dtype)
         ids = ids.masked_fill(~keep, 0)
