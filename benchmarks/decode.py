@@ -167,7 +167,8 @@ def load_batches(loaded, cuts, manifests: Sequence[str | Path], max_duration: fl
     # lhotse warns that an eagerly read CutSet gains nothing from its dynamic bucketing: true, and harmless
     warnings.filterwarnings("ignore", message="You are using DynamicBucketingSampler with an eagerly read CutSet")
     loader = make_eval_dataloader(cuts, None, max_duration=max_duration, cmvn=None,
-                                  feature_source=loaded.feature_source or "auto")
+                                  feature_source=loaded.feature_source or "auto",
+                                  min_frames=loaded.model.frontend.min_input_frames)
     langs_by_id = {c.id: cut_language(c) for c in cuts}
     batches: list[Batch] = []
     it = iter(loader)

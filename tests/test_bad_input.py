@@ -124,6 +124,33 @@ def test_header_only_mode_misses_truncation_but_training_reports_it(tmp_path):
     assert "truncated" in ds_errors.skipped[0].problem
 
 
+def test_cuts_too_short_for_the_model_are_reported_and_left_out(tmp_path):
+    """A 50 ms and a 2 ms recording among normal ones: with the model's minimum (``min_frames``) they
+    are reported by name and left out, and the batch keeps the others (the model would otherwise
+    refuse the whole batch)."""
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 4, "dev": 1, "test": 1})
+    ids = spec.ids[("pl", "train")]
+    write_audio(spec.paths[ids[0]], tone(0.05, 16000), 16000, "flac")
+    write_audio(spec.paths[ids[1]], tone(0.002, 16000), 16000, "flac")
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("train",), progress=False)
+    cuts = load_manifests(tmp_path / "out", "pl", "train", lazy=False)
+    assert {ids[0], ids[1]} <= {c.id for c in cuts}
+    from just_asr.data.dataset import AsrDataset
+    from just_asr.data.loader import make_eval_dataloader
+
+    errors = ErrorCollector()
+    batch = AsrDataset(None, errors=errors, min_frames=7)[cuts]
+    assert sorted(batch["cut_ids"]) == sorted(ids[2:])
+    problems = {e.path: e.problem for e in errors.skipped}
+    assert "5 feature frames, fewer than the model's minimum of 7" in problems[str(spec.paths[ids[0]])]
+    assert "no feature frames" in problems[str(spec.paths[ids[1]])]
+    assert sorted(AsrDataset(None)[cuts]["cut_ids"]) == sorted(ids[:1] + ids[2:])  # default: 1 frame
+    loader = make_eval_dataloader(cuts, None, max_duration=100.0, min_frames=7)
+    assert sorted(c for b in loader for c in b["cut_ids"]) == sorted(ids[2:]) and len(loader.errors.skipped) == 2
+    with pytest.raises(ValueError, match="min_frames must be >= 1"):
+        AsrDataset(None, min_frames=0)
+
+
 def test_load_audio_errors_and_policies(tmp_path):
     good = write_audio(tmp_path / "good.flac", tone(0.5, 16000), 16000)
     cases = {
@@ -237,3 +264,24 @@ def test_audio_removed_after_prepare_is_reported_by_the_dataset(tmp_path):
     shutil.rmtree(tmp_path / "corpus")
     with pytest.raises(DataError, match="every cut of a batch of 4 was unusable"):
         AsrDataset(None, errors=ErrorCollector())[cuts]
+
+
+def test_datamodule_gives_its_loaders_the_models_minimum_length(tmp_path):
+    """``JustDataModule`` passes the attached model's ``frontend.min_input_frames`` to the train and
+    dev loaders (1 without a model), so a too-short cut is reported there, not fatal in the model."""
+    from types import SimpleNamespace
+
+    from just_asr.model import JustModel, ModelConfig
+    from just_asr.train.datamodule import JustDataModule
+
+    write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 4, "dev": 2, "test": 1})
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", progress=False)
+    dm = JustDataModule(str(tmp_path / "out"), langs=["pl"], max_duration=20.0, num_buckets=1)
+    assert dm._min_frames() == 1
+    cfg = ModelConfig.from_dict({"frontend": {"conv_channels": 4, "conv_layers": 3},
+                                 "encoder": {"d_model": 16, "num_heads": 2, "ffn_dim": 32}})
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(model=JustModel(cfg, 11)), world_size=1,
+                                 global_rank=0)
+    assert dm._min_frames() == 15  # 3 stride-2 convolutions
+    assert dm.train_dataloader().dataset.min_frames == 15
+    assert dm.val_dataloader().dataset.min_frames == 15

@@ -44,6 +44,15 @@ def test_frame_count_formula(n):
     assert num_frames(16000) == 100 and num_frames(16079) == 100 and num_frames(16080) == 101
 
 
+def test_clips_shorter_than_a_window_give_their_frames():
+    """lhotse's extractor failed below ~140 samples (a RuntimeError that crashed whole decoding runs);
+    every length now gives ``num_frames(N)`` frames: none under 5 ms, one up to 15 ms."""
+    for n in [0, 1, 79, 80, 100, 139, 140, 159, 160, 239, 240, 399]:
+        f = extract_fbank(tone(n / 16000, 16000) if n else np.zeros(0, np.float32), 16000)
+        assert f.shape == (num_frames(n), FBANK_DIM) and torch.isfinite(f).all(), n
+    assert num_frames(79) == 0 and num_frames(80) == num_frames(239) == 1
+
+
 def test_inference_features_equal_training_batch(small_cuts, tmp_path):
     root, spec, cuts = small_cuts
     batch = AsrDataset(None, feature_source="on-the-fly")[cuts]

@@ -197,13 +197,15 @@ def test_cli_prepare_untranscribed_skips_bad_files(tmp_path, capsys):
     (audio / "broken.flac").write_bytes(b"\x00" * 100)
     sf.write(str(audio / "silent.wav"), np.zeros(0, np.float32), 16000)
     write_audio(audio / "ok1.opus", tone(0.5, 48000), 48000, "opus")  # same id as ok1.flac
+    write_audio(audio / "blip.wav", tone(0.05, 16000), 16000, "wav")  # under --min-duration (0.5 s)
     rc = main(["prepare-untranscribed", str(audio), str(tmp_path / "out"), "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "2 untranscribed cuts" in out and "3 item(s) skipped" in out
+    assert "2 untranscribed cuts" in out and "4 item(s) skipped" in out
     issues = json.loads((tmp_path / "out" / "prepare_errors.json").read_text())["issues"]
     got = sorted((Path(i["path"]).name, i["problem"].split(" (")[0]) for i in issues)
     assert got == [
+        ("blip.wav", "too short: 0.050 s, under the minimum of 0.5 s"),
         ("broken.flac", "cannot read audio header"),
         ("ok1.opus", "same recording id 'ok1' as " + str(audio / "ok1.flac")),
         ("silent.wav", "zero-length audio"),

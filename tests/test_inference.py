@@ -407,10 +407,15 @@ def test_bad_files_are_reported_and_others_continue(model_dir, audio_files, tmp_
     bad = tmp_path / "broken.wav"
     bad.write_text("this is not audio")
     missing = tmp_path / "missing.flac"
+    short, tiny = tmp_path / "short.wav", tmp_path / "tiny.wav"
+    sf.write(short, 0.1 * np.ones(800, np.float32), 16000)  # 50 ms: 5 frames, the model needs 7
+    sf.write(tiny, 0.1 * np.ones(16, np.float32), 16000)  # 1 ms: no frame at all
     tr = Transcriber(load_model_dir(model_dir))
-    results = tr.transcribe_each([audio_files[0], bad, missing, audio_files[1]])
-    assert [r.error is None for r in results] == [True, False, False, True]
+    results = tr.transcribe_each([audio_files[0], bad, missing, short, tiny, audio_files[1]])
+    assert [r.error is None for r in results] == [True, False, False, False, False, True]
     assert str(bad) in results[1].error and str(missing) in results[2].error
+    assert results[3].error == f"{short}: audio too short: 5 feature frames, the model needs at least 7 (70 ms)"
+    assert results[4].error.startswith(f"{tiny}: audio too short: 0 feature frames")
     assert results[0].text == tr.transcribe_files([audio_files[0]])[0]
     with pytest.raises(ValueError, match="broken.wav"):
         tr.transcribe_files([audio_files[0], bad])
@@ -592,3 +597,23 @@ def test_decode_command_skips_a_batch_whose_audio_is_gone(model_dir, audio_files
     assert info["failed_cuts"] == ["3_4_000002"] and info["num_decoded"] == 3 and info["num_scored"] == 3
     hyps = (tmp_path / "o" / "hyp_en.txt").read_text().splitlines()
     assert [h.split("\t")[0] for h in hyps] == ["3_4_000001", "3_4_000003", "3_4_000004"]
+
+
+def test_decode_command_skips_cuts_too_short_for_the_model(model_dir, audio_files, tmp_path, capsys):
+    """A 50 ms cut (5 frames; the model needs 7) and a 1 ms one among normal cuts: both reported by
+    name and listed as failed, the others decoded and scored (the model used to refuse the whole
+    batch with a traceback, and lhotse's extractor crashed on the 1 ms one), exit status 1."""
+    x, sr = sf.read(audio_files[0])
+    sf.write(tmp_path / "ok.wav", x[:16000], sr)
+    sf.write(tmp_path / "short.wav", 0.1 * np.ones(800, np.float32), 16000)
+    sf.write(tmp_path / "tiny.wav", 0.1 * np.ones(16, np.float32), 16000)
+    m = _write_cuts(tmp_path / "mls-en_cuts_test.jsonl.gz", [
+        ("3_4_000001", tmp_path / "ok.wav", "hello world", "en"),
+        ("3_4_000002", tmp_path / "short.wav", "short", "en"),
+        ("3_4_000003", tmp_path / "tiny.wav", "tiny", "en"),
+    ])
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(m), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    info = json.loads((tmp_path / "o" / "wer.json").read_text())["info"]
+    assert rc == 1 and "short.wav" in err and "fewer than the model's minimum of 7" in err and "tiny.wav" in err
+    assert info["failed_cuts"] == ["3_4_000002", "3_4_000003"] and info["num_scored"] == 1

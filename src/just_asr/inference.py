@@ -676,8 +676,10 @@ class Transcriber:
                 msg = str(exc)
                 results[i].error = msg if str(p) in msg else f"{p}: {msg}"
                 continue
-            if f.shape[0] == 0:
-                results[i].error = f"{p}: audio too short for a single feature frame"
+            need = self.model.frontend.min_input_frames
+            if f.shape[0] < need:
+                results[i].error = (f"{p}: audio too short: {f.shape[0]} feature frames, the model needs at least "
+                                    f"{need} ({need * 10} ms)")
                 continue
             feats[i] = f
         order = sorted(feats, key=lambda i: -feats[i].shape[0])

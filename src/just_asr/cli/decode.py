@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     # features without CMVN from the loader; the transcriber applies the model's own CMVN
     loader = make_eval_dataloader(
         cuts, None, max_duration=args.max_duration, num_workers=args.num_workers, cmvn=None,
-        feature_source=feature_source,
+        feature_source=feature_source, min_frames=loaded.model.frontend.min_input_frames,
     )
     hyps: dict[str, str] = {}
     refs: dict[str, str] = {}

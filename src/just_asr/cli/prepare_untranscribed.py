@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="skip bad files and go on (default) or stop at the first")
     parser.add_argument("--no-verify-audio", dest="verify_audio", action="store_false", help="read only audio headers")
     parser.add_argument("--window", type=float, default=None, help="split recordings longer than this many seconds into windows of this length")
-    parser.add_argument("--min-duration", type=float, default=0.5, help="drop windows shorter than this (default 0.5 s)")
+    parser.add_argument("--min-duration", type=float, default=0.5, help="leave out files, and drop the last window of a file, shorter than this (a "
+                        "left-out file is reported; default 0.5 s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

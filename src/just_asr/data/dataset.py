@@ -111,6 +111,9 @@ class AsrDataset(torch.utils.data.Dataset):
         on_unknown_chars: ``skip`` | ``untranscribed`` | ``unk`` | ``fail``.
         errors: collector for bad cuts (default: a ``skip`` collector owned by the dataset).
         seed: seeds the SpecAugment generator (offset by the DataLoader worker id).
+        min_frames: a cut with fewer feature frames is reported and left out (the model's front end
+            cannot take it: ``model.frontend.min_input_frames``, 7 frames = 70 ms for the 4x conv
+            front end); at least 1.
     """
 
     def __init__(
@@ -123,9 +126,13 @@ class AsrDataset(torch.utils.data.Dataset):
         on_unknown_chars: str = "skip",
         errors: ErrorCollector | None = None,
         seed: int = 0,
+        min_frames: int = 1,
     ):
         super().__init__()
         check_feature_source(feature_source, cmvn)
+        if min_frames < 1:
+            raise ValueError(f"min_frames must be >= 1, got {min_frames}")
+        self.min_frames = int(min_frames)
         if on_unknown_chars not in UNKNOWN_CHARS_POLICIES:
             raise ValueError(f"on_unknown_chars must be one of {UNKNOWN_CHARS_POLICIES}, got {on_unknown_chars!r}")
         self.tokenizer = tokenizer
@@ -183,8 +190,10 @@ class AsrDataset(torch.utils.data.Dataset):
             except AudioError as exc:
                 self.errors.add(exc)
                 continue
-            if f.shape[0] == 0:
-                self.errors.report(cut_source(cut), f"cut {cut.id} has no feature frames (duration {cut.duration}s)")
+            if f.shape[0] < self.min_frames:
+                need = "no feature frames" if f.shape[0] == 0 else (
+                    f"{f.shape[0]} feature frames, fewer than the model's minimum of {self.min_frames}")
+                self.errors.report(cut_source(cut), f"cut {cut.id} is too short: {need} (duration {cut.duration}s)")
                 continue
             feats.append(f)
             ids.append(tokens)

@@ -186,6 +186,7 @@ def make_train_dataloader(
     on_unknown_chars: str = "skip",
     errors: ErrorCollector | None = None,
     stats: Mapping[str, LanguageStats] | None = None,
+    min_frames: int = 1,
 ) -> torch.utils.data.DataLoader:
     """The training DataLoader over several languages (an endless stream).
 
@@ -219,6 +220,8 @@ def make_train_dataloader(
         errors: collector for bad cuts (default: a new ``skip`` collector at
             ``loader.errors``).
         stats: per-language cut counts/hours if already known (skips a counting pass).
+        min_frames: cuts with fewer feature frames are reported and left out (the model's
+            ``frontend.min_input_frames``; :class:`~just_asr.data.dataset.AsrDataset`).
 
     The loader's sampler is a :class:`ResumableSampler` (``loader.sampler.resume_from(n)`` continues
     the stream after ``n`` batches); SpecAugment is re-seeded per batch from ``(seed, rank, batch
@@ -254,6 +257,7 @@ def make_train_dataloader(
         on_unknown_chars=on_unknown_chars,
         errors=errors,
         seed=seed + 7919 * rank,
+        min_frames=min_frames,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -312,6 +316,7 @@ def make_eval_dataloader(
     num_buckets: int = 10,
     on_unknown_chars: str = "unk",
     errors: ErrorCollector | None = None,
+    min_frames: int = 1,
 ) -> torch.utils.data.DataLoader:
     """One ordered pass over ``cuts`` in duration buckets (no shuffle, nothing dropped).
 
@@ -319,8 +324,9 @@ def make_eval_dataloader(
     a few cuts with ids ending in ``_dup<k>``: drop those when gathering results.
 
     ``on_unknown_chars`` defaults to ``"unk"``: an evaluation cut is never silently removed (its
-    reference text in ``texts`` is still scored as is). Audio that cannot be read is reported to
-    ``errors`` (``loader.errors``) and left out of its batch.
+    reference text in ``texts`` is still scored as is). Audio that cannot be read, and cuts with
+    fewer than ``min_frames`` feature frames (too short for the model's front end), are reported to
+    ``errors`` (``loader.errors``) and left out of their batch.
 
     ``cmvn`` and ``feature_source`` are as in :func:`make_train_dataloader` (a model imported from
     w2v-BERT 2.0 is evaluated with ``feature_source="seamless"`` and no CMVN).
@@ -345,6 +351,7 @@ def make_eval_dataloader(
         feature_source=feature_source,
         on_unknown_chars=on_unknown_chars,
         errors=errors,
+        min_frames=min_frames,
     )
     loader = torch.utils.data.DataLoader(
         dataset,

@@ -598,6 +598,7 @@ def make_shar_train_dataloader(
     num_cuts_for_bins_estimate: int = 5000,
     on_unknown_chars: str = "skip",
     errors: ErrorCollector | None = None,
+    min_frames: int = 1,
 ) -> torch.utils.data.DataLoader:
     """The training DataLoader over Shar shards (an endless stream; see the module docstring).
 
@@ -645,7 +646,8 @@ def make_shar_train_dataloader(
     else:
         sampler = DynamicCutSampler(cuts, **common)
     dataset = AsrDataset(tokenizer, cmvn=_load_cmvn(cmvn), feature_source=feature_source, spec_augment=spec_augment,
-                         on_unknown_chars=on_unknown_chars, errors=errors, seed=seed + 7919 * rank)
+                         on_unknown_chars=on_unknown_chars, errors=errors, seed=seed + 7919 * rank,
+                         min_frames=min_frames)
     loader = torch.utils.data.DataLoader(
         IterableDatasetWrapper(dataset, sampler),
         batch_size=None,

@@ -14,7 +14,8 @@ carries one supervision spanning it with ``text=None`` and ``language`` set to t
 ``--lang`` is given (``None`` otherwise), so the dataset marks it ``has_text = False``.
 
 Long files can be cut into fixed windows (``window`` seconds; the last, shorter piece is kept
-when it is at least ``min_duration`` long) so a one-hour recording does not become one cut.
+when it is at least ``min_duration`` long) so a one-hour recording does not become one cut. A
+whole file shorter than ``min_duration`` is reported and left out.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def prepare_untranscribed(
                 continue
             audio_notices(info, errors, opus_expected=True)
             rec = build_recording(rid, info)
+            if rec.duration < min_duration:
+                errors.report(path, f"too short: {rec.duration:.3f} s, under the minimum of {min_duration} s")
+                continue
             recordings.append(rec)
             sup = SupervisionSegment(
                 id=rid,

@@ -183,6 +183,15 @@ class JustDataModule(pl.LightningDataModule):
         return sets[0] if len(sets) == 1 else CutSet.mux(*sets, seed=self.hparams.seed)
 
     # ------------------------------------------------------------------ loaders
+    def _min_frames(self) -> int:
+        """The model's shortest input (``frontend.min_input_frames``): shorter cuts are reported and
+        left out by the loaders instead of failing their whole batch in the model. 1 without a
+        Trainer or a JustModel."""
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        frontend = getattr(getattr(module, "model", None), "frontend", None)
+        return int(getattr(frontend, "min_input_frames", 1))
+
     def train_dataloader(self):
         from just_asr.data.loader import make_train_dataloader
         from just_asr.data.sampling import LanguageStats, temperature_mux
@@ -197,6 +206,7 @@ class JustDataModule(pl.LightningDataModule):
                 temperature=hp.temperature, unit=hp.sampling_unit, num_workers=hp.num_workers,
                 world_size=world_size, rank=rank, seed=hp.seed, spec_augment=self._spec_augment(), cmvn=hp.cmvn,
                 feature_source=hp.feature_source, num_buckets=hp.num_buckets, max_cuts=hp.max_cuts,
+                min_frames=self._min_frames(),
             )
             self._train_loader = loader
             resume = getattr(self, "_apply_resume", None)
@@ -206,7 +216,7 @@ class JustDataModule(pl.LightningDataModule):
         common = dict(
             max_duration=hp.max_duration, num_workers=hp.num_workers, world_size=world_size, rank=rank,
             seed=hp.seed, spec_augment=self._spec_augment(), cmvn=hp.cmvn, feature_source=hp.feature_source,
-            num_buckets=hp.num_buckets, max_cuts=hp.max_cuts,
+            num_buckets=hp.num_buckets, max_cuts=hp.max_cuts, min_frames=self._min_frames(),
         )
         ratio = float(hp.untranscribed_ratio)
         if ratio <= 0.0:
@@ -262,7 +272,7 @@ class JustDataModule(pl.LightningDataModule):
             return make_eval_dataloader(
                 self.dev_cuts(), self.tokenizer, max_duration=hp.eval_max_duration or hp.max_duration,
                 num_workers=hp.num_workers, world_size=world_size, rank=rank, cmvn=hp.cmvn,
-                feature_source=hp.feature_source,
+                feature_source=hp.feature_source, min_frames=self._min_frames(),
             )
 
     # ------------------------------------------------------------------ exact resume
