@@ -198,6 +198,10 @@ def test_config_mismatches_are_clear_errors(model_dir, tmp_path):
     with pytest.raises(ModelDirError, match="model directory not found"):
         load_model_dir(tmp_path / "nowhere")
 
+    cfg_path.write_bytes(b"\xff\xfe" + bytes(range(256)))
+    with pytest.raises(ModelDirError, match=r"config\.yaml: not a UTF-8 text file"):
+        load_model_dir(bad)
+
 
 def test_save_refuses_wrong_tokenizer(tiny_model, tmp_path, tokenizer_path):
     model, cfg = tiny_model
@@ -617,3 +621,34 @@ def test_decode_command_skips_cuts_too_short_for_the_model(model_dir, audio_file
     info = json.loads((tmp_path / "o" / "wer.json").read_text())["info"]
     assert rc == 1 and "short.wav" in err and "fewer than the model's minimum of 7" in err and "tiny.wav" in err
     assert info["failed_cuts"] == ["3_4_000002", "3_4_000003"] and info["num_scored"] == 1
+
+
+def test_decode_and_transcribe_refuse_bad_options_before_any_work(model_dir, audio_files, tmp_path, capsys):
+    """Each mistake is a one-line error naming the option or path, exit status 2, no traceback; an
+    --out that cannot be a folder is refused before decoding starts (it used to fail after)."""
+    x, sr = sf.read(audio_files[0])
+    sf.write(tmp_path / "ok.wav", x[:16000], sr)
+    m = _write_cuts(tmp_path / "mls-en_cuts_test.jsonl.gz", [("3_4_000001", tmp_path / "ok.wav", "hello", "en")])
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    (tmp_path / "empty_cuts.jsonl").write_text("")
+    base = ["decode", "--model", str(model_dir), "--cuts", str(m)]
+    cases = [
+        (["--out", str(afile)], f"{afile}: cannot create the output folder"),
+        (["--out", str(afile / "sub")], f"{afile / 'sub'}: cannot create the output folder"),
+        (["--out", str(tmp_path / "o"), "--max-duration", "nan"], "--max-duration must be positive, got nan"),
+        (["--out", str(tmp_path / "o"), "--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
+        (["--out", str(tmp_path / "o"), "--max-symbols-per-frame", "0"], "max_symbols_per_frame must be >= 1; got 0"),
+        (["--out", str(tmp_path / "o"), "--device", "foo"], "device 'foo' is not a torch device"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--out", str(tmp_path / "o"), "--device", "cuda"], "device 'cuda': this torch has no usable CUDA"))
+    for extra, message in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    assert not (tmp_path / "o").exists()
+    rc = main(["decode", "--model", str(model_dir), "--cuts", str(tmp_path / "empty_cuts.jsonl"), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "the manifests hold no cuts" in capsys.readouterr().err
+    rc = main(["transcribe", "--model", str(model_dir), str(tmp_path / "ok.wav"), "--max-symbols-per-frame", "-1"])
+    assert rc == 2 and "max_symbols_per_frame must be >= 1; got -1" in capsys.readouterr().err

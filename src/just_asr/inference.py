@@ -282,6 +282,8 @@ def _read_config(path: Path) -> dict:
         config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ModelDirError(f"{cfg_path}: invalid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ModelDirError(f"{cfg_path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(config, dict):
         raise ModelDirError(f"{cfg_path}: expected a mapping at the top level")
     for key in ("format_version", "vocab_size", "model", "features"):
@@ -344,6 +346,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     ``device``. Raises :class:`ModelDirError` naming the offending file.
     """
     path = Path(path)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch has no usable CUDA device")
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
     config = _read_config(path)
@@ -506,6 +514,8 @@ class Transcriber:
             raise ValueError(f"encoder_workers must be >= 1; got {encoder_workers}")
         if encoder_dtype not in ENCODER_DTYPES:
             raise ValueError(f"unknown encoder dtype {encoder_dtype!r}; use one of {', '.join(ENCODER_DTYPES)}")
+        if max_symbols_per_frame < 1:
+            raise ValueError(f"max_symbols_per_frame must be >= 1; got {max_symbols_per_frame}")
         if search_threads is not None and search_threads < 1:
             raise ValueError(f"search_threads must be >= 1; got {search_threads}")
         if beam < 1:

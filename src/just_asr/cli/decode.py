@@ -89,10 +89,12 @@ def run(args: argparse.Namespace) -> int:
         if args.encoder_workers > 1:
             search_threads = total  # a search that starts while no batch is being encoded uses every thread
     try:
-        if args.max_duration <= 0:
+        if not args.max_duration > 0:  # NaN too
             raise ValueError(f"--max-duration must be positive, got {args.max_duration}")
         if args.search_batch < 0:
             raise ValueError(f"--search-batch must be >= 0, got {args.search_batch}")
+        if args.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
         loaded = load_model_dir(args.model, device=args.device)
         transcriber = Transcriber(
             loaded, method=args.method, beam=args.beam, max_symbols_per_frame=args.max_symbols_per_frame,
@@ -100,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
             search_threads=search_threads,
         )
         cuts = read_cut_manifests(args.cuts)
+        try:  # before decoding: a bad --out should not cost the whole run
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{args.out}: cannot create the output folder ({exc.strerror or exc})") from None
     except (ModelDirError, ValueError, OSError) as exc:
         print(f"just-asr decode: error: {exc}", file=sys.stderr)
         return 2
@@ -155,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     by_lang: dict[str, list[str]] = {}
     for cut_id in hyps:
         by_lang.setdefault(langs_by_id[cut_id], []).append(cut_id)
