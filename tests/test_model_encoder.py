@@ -87,6 +87,17 @@ def test_model_info_counts_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mlm_stack" in text and f"{tiny['total']:,}" in text
 
 
+def test_model_info_names_an_unreadable_config(tmp_path) -> None:
+    from just_asr.cli.main import main
+
+    binary = tmp_path / "audio.flac"
+    binary.write_bytes(b"fLaC\x00\xff\xfe" * 8)
+    for path, message in [(binary, "audio.flac: not a UTF-8 text file"), (tmp_path, "is a folder, not a model config")]:
+        with pytest.raises(SystemExit) as exit_info:  # model-info exits with the message (status 1)
+            main(["model-info", "--config", str(path)])
+        assert message in str(exit_info.value.code)
+
+
 # ---------------------------------------------------------------------------------------- front ends
 
 

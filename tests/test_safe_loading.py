@@ -152,7 +152,8 @@ def test_fit_refuses_crafted_checkpoints(tmp_path, tok, model_dir, capsys):
     # export reads checkpoints the same way
     assert cli(["export", str(ckdir / "last.ckpt"), str(tmp_path / "exported")]) != 0
     printed = capsys.readouterr()
-    assert f"{ckdir / 'last.ckpt'}: cannot read as a Lightning checkpoint" in printed.out + printed.err
+    assert f"{ckdir / 'last.ckpt'}: cannot read as a Lightning checkpoint" in printed.err  # stderr, not stdout
+    assert "error" not in printed.out
     assert not marker.exists()
 
 

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         out, info = export_checkpoint(args.ckpt, args.out_dir, average_last=args.average_last, ema=args.ema,
                                       tokenizer=args.tokenizer, cmvn=args.cmvn)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"just-asr export: error: {exc}", flush=True)
+        print(f"just-asr export: error: {exc}", file=sys.stderr, flush=True)
         return 1
     what = {"checkpoint": "checkpoint weights", "average": f"average of {len(info['checkpoints'])} checkpoints",
             "ema": "EMA weights"}[info["source"]]

@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(f"just_asr.cli.{cmds[args.command][0]}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except OSError as exc:  # e.g. an output path that is a file: the message names the path
+        print(f"just-asr {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

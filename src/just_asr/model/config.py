@@ -489,6 +489,10 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
             text = fh.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{source}: model config file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{source}: is a folder, not a model config file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text)
