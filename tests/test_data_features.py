@@ -147,7 +147,7 @@ def test_prepare_mls_with_precomputed_features(tmp_path):
             assert got.shape == ref.shape and torch.allclose(got, ref, atol=0.05, rtol=0.01)
 
 
-def test_global_cmvn(small_cuts, tmp_path):
+def test_global_cmvn(small_cuts, tmp_path, capsys):
     root, _, cuts = small_cuts
     mats = [cut_features(c, "on-the-fly") for c in cuts]
     allf = torch.cat(mats).double()
@@ -177,6 +177,29 @@ def test_global_cmvn(small_cuts, tmp_path):
     with pytest.raises(ValueError, match="not a CMVN stats file"):
         (tmp_path / "bad.json").write_text("{}")
         GlobalCMVN.load(tmp_path / "bad.json")
+    bad = tmp_path / "bad.json"
+    cases = {
+        json.dumps({"mean": [0.0] * 40, "std": [1.0] * 80}): r"bad CMVN stats \(mean \(40,\) and std \(80,\) differ",
+        '{"mean": [NaN, 0.0], "std": [1.0, 1.0]}': r"bad CMVN stats \(mean and std must be finite",
+        json.dumps({"mean": [0.0, 0.0], "std": [1.0, -1.0]}): r"bad CMVN stats \(std must not be negative",
+        json.dumps({"mean": [[0.0], [0.0, 1.0]], "std": [1.0, 1.0]}): "bad CMVN stats",
+    }
+    for text, message in cases.items():
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=rf"{bad.name}: {message}"):
+            GlobalCMVN.load(bad)
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=rf"{bad.name}: not a CMVN stats file"):
+        GlobalCMVN.load(bad)
+    # compute-cmvn: bad inputs are one-line errors naming the file or option
+    (tmp_path / "notman.jsonl").write_text('{"a": 1}\n')
+    for argv, message in [
+        ([str(tmp_path / "nope.jsonl.gz")], "nope.jsonl.gz: cut manifest not found"),
+        ([str(tmp_path / "notman.jsonl")], "notman.jsonl: not a lhotse cut manifest"),
+        ([str(root / "out" / "mls-pl_cuts_train.jsonl.gz"), "--max-cuts", "0"], "--max-cuts must be >= 1, got 0"),
+    ]:
+        assert main(["compute-cmvn", *argv, "--out", str(tmp_path / "x.json")]) == 1
+        assert message in capsys.readouterr().err
 
 
 def _batch(lens, t=120, f=80, seed=0):

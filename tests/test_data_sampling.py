@@ -179,6 +179,15 @@ def test_read_cut_manifests_combines_in_order_and_names_bad_files(tmp_path):
         read_cut_manifests([bad])
     with pytest.raises(ValueError, match="no cut manifests given"):
         read_cut_manifests([])
+    empty = tmp_path / "empty_cuts.jsonl"
+    empty.write_text("")
+    assert [c.id for c in read_cut_manifests([empty, a])] == ["pl-0", "pl-1"]  # lhotse reads it as None
+    assert len(read_cut_manifests([empty])) == 0
+    lines = (tmp_path / "lines_cuts.jsonl")
+    _fake_cuts("it", 2, 1.0).to_file(lines)
+    lines.write_text(lines.read_text() + '{"id": "broken", \n')
+    with pytest.raises(ValueError, match=r"lines_cuts\.jsonl: not a lhotse cut manifest"):
+        read_cut_manifests([lines])
 
 
 @pytest.mark.parametrize("bad, match", [

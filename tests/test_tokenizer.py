@@ -151,3 +151,15 @@ def test_cli_from_cuts_and_text(tmp_path, capsys):
             assert tok.decode(tok.encode(line)) == line
     assert main(["train-tokenizer", str(extra), "--vocab-size", "50", "--out", str(tmp_path / "t2")]) == 1
     assert "without a language" in capsys.readouterr().err
+    # inputs that are not what they claim: one-line errors naming the file
+    (tmp_path / "notman.jsonl").write_text('{"a": 1}\n')
+    (tmp_path / "bin.txt").write_bytes("zdanie\n".encode() + b"\xff\xfe\x00\n")
+    for arg, message in [(str(tmp_path / "notman.jsonl"), "notman.jsonl: not a lhotse cut manifest"),
+                         (f"pl:{tmp_path / 'bin.txt'}", "bin.txt: not UTF-8 text")]:
+        assert main(["train-tokenizer", arg, "--vocab-size", "50", "--out", str(tmp_path / "t3")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    # an output path inside a file: the command's error names it (no traceback)
+    (tmp_path / "afile").write_text("")
+    assert main(["train-tokenizer", f"fr:{extra}", "--vocab-size", "50", "--out", str(tmp_path / "afile" / "t")]) == 1
+    assert str(tmp_path / "afile") in capsys.readouterr().err

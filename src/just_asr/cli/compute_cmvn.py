@@ -14,6 +14,7 @@ import argparse
 import itertools
 import logging
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cuts", type=int, default=None, help="use at most this many cuts per manifest")
     parser.add_argument("--features", choices=["auto", "precomputed", "on-the-fly"], default="auto", help="where features come from (default: stored when present)")
     parser.add_argument("--on-error", choices=["skip", "fail"], default="skip")
+
+
+def _read_cuts(path: str, cuts, limit: int | None):
+    """The first ``limit`` cuts of a lazily read manifest; a line lhotse cannot read is a
+    ``ValueError`` naming the file (lhotse's own error does not)."""
+    it = iter(cuts)
+    for _ in itertools.count() if limit is None else range(limit):
+        try:
+            cut = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # lhotse raises many types for a bad line
+            raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
+        yield cut
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,13 +48,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     errors = ErrorCollector(args.on_error)
     try:
+        if args.max_cuts is not None and args.max_cuts < 1:
+            raise ValueError(f"--max-cuts must be >= 1, got {args.max_cuts}")
         streams = []
         for path in args.cuts:
+            if not Path(path).is_file():
+                raise ValueError(f"{path}: cut manifest not found")
             try:
                 cs = CutSet.from_jsonl_lazy(path)
             except Exception as exc:
                 raise ValueError(f"{path}: cannot open cut manifest ({exc})") from None
-            streams.append(itertools.islice(cs, args.max_cuts) if args.max_cuts else cs)
+            streams.append(_read_cuts(path, cs, args.max_cuts))
         stats = GlobalCMVN.from_cuts(itertools.chain(*streams), source=args.features, errors=errors, progress=True)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -52,18 +52,24 @@ def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]
         if not path.is_file():
             raise ValueError(f"{path}: input not found")
         if path.name.endswith((".jsonl.gz", ".jsonl")):
-            for cut in CutSet.from_jsonl_lazy(path):
-                text = cut_text(cut)
-                if text:
-                    texts[lang or cut_language(cut)].append(text)
+            try:
+                for cut in CutSet.from_jsonl_lazy(path):
+                    text = cut_text(cut)
+                    if text:
+                        texts[lang or cut_language(cut)].append(text)
+            except Exception as exc:  # lhotse raises many types for a bad manifest line
+                raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
             continue
         lang = lang or (get_language(text_lang).iso if text_lang else None)
         if lang is None:
             raise ValueError(f"{path}: text file without a language; write it as LANG:{path} or pass --text-lang")
         with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    texts[lang].append(" ".join(line.split()))
+            try:
+                for line in f:
+                    if line.strip():
+                        texts[lang].append(" ".join(line.split()))
+            except UnicodeDecodeError as exc:  # (decoded in chunks: no reliable line number)
+                raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if UNKNOWN_LANGUAGE in texts:
         logging.getLogger(__name__).warning("%d texts have no language; they are sampled as language 'und'", len(texts[UNKNOWN_LANGUAGE]))
     return dict(texts)

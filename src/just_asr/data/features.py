@@ -292,6 +292,10 @@ class GlobalCMVN:
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean.shape != std.shape:
             raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("mean and std must be finite (NaN or infinite values would blank every feature)")
+        if bool((std < 0).any()):
+            raise ValueError("std must not be negative")
         self.mean = mean
         self.std = std.clamp_min(floor)
         self.count = int(count)
@@ -388,8 +392,10 @@ class GlobalCMVN:
             return cls(torch.tensor(data["mean"]), torch.tensor(data["std"]), int(data.get("count", 0)))
         except FileNotFoundError:
             raise ValueError(f"{path}: CMVN stats file not found") from None
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as exc:
             raise ValueError(f"{path}: not a CMVN stats file ({exc})") from None
+        except ValueError as exc:  # the constructor's checks, and torch.tensor of ragged lists
+            raise ValueError(f"{path}: bad CMVN stats ({exc})") from None
 
 
 class _Accumulator:

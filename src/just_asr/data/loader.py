@@ -290,12 +290,15 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
             raise ValueError(f"{path}: cut manifest not found")
         try:
             cuts = CutSet.from_file(path)
+            if cuts is None:  # lhotse's answer for an empty file
+                cuts = CutSet.from_cuts([])
+            ids = [c.id for c in cuts]  # some bad lines only fail here
         except Exception as exc:  # lhotse raises many types for a bad manifest
             raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
-        for c in cuts:
-            if c.id in seen:
-                raise ValueError(f"{path}: cut id {c.id!r} also appears in {seen[c.id]}")
-            seen[c.id] = str(path)
+        for cid in ids:
+            if cid in seen:
+                raise ValueError(f"{path}: cut id {cid!r} also appears in {seen[cid]}")
+            seen[cid] = str(path)
         sets.append(cuts)
     combined = sets[0]
     for s in sets[1:]:
