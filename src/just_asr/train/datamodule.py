@@ -187,8 +187,7 @@ class JustDataModule(pl.LightningDataModule):
         """The model's shortest input (``frontend.min_input_frames``): shorter cuts are reported and
         left out by the loaders instead of failing their whole batch in the model. 1 without a
         Trainer or a JustModel."""
-        trainer = self.trainer
-        module = trainer.lightning_module if trainer is not None else None
+        module = getattr(self.trainer, "lightning_module", None)
         frontend = getattr(getattr(module, "model", None), "frontend", None)
         return int(getattr(frontend, "min_input_frames", 1))
 
