@@ -157,3 +157,13 @@ def test_k_consecutive_nan_batches_stop_the_run(prepared, poison, capsys):
     # the run stopped there: no checkpoint beyond step 4
     steps = sorted(int(p.stem[4:]) for p in (work / "many" / "checkpoints").glob("step*.ckpt"))
     assert steps and max(steps) <= 4
+
+
+def test_an_output_folder_inside_a_file_is_a_one_line_error(prepared, capsys):
+    """``fit`` with ``default_root_dir`` under a file: the OSError is printed naming the path, exit 1
+    (it was a traceback)."""
+    work, manifests, tok = prepared
+    (work / "afile").write_text("")
+    rc = cli(fit_args(work / "afile" / "run", manifests, tok, 1))
+    err = capsys.readouterr().err
+    assert rc == 1 and "just-asr fit: error:" in err and str(work / "afile") in err and "Traceback" not in err

@@ -352,6 +352,13 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise ValueError(f"device {device!r} is not a torch device ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: this torch has no usable CUDA device")
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no data; use cpu or cuda")
+    try:
+        torch.empty(1, device=dev)
+    except Exception as exc:  # torch raises RuntimeError, NotImplementedError, AssertionError... by backend
+        raise ValueError(f"device {device!r} is not available in this torch build ({type(exc).__name__} "
+                         "when allocating on it)") from None
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
     config = _read_config(path)

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = _resolve_ckpt(cli.config.get("ckpt_path"), cli.config.checkpoint.dirpath)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
         _save_final_last(cli.trainer, cli.config.periodic_checkpoint.dirpath)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # OSError: e.g. a default_root_dir inside a file
         print(f"just-asr fit: error: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
