@@ -212,3 +212,29 @@ def test_cli_prepare_untranscribed_skips_bad_files(tmp_path, capsys):
     ]
     rc = main(["prepare-untranscribed", str(audio), str(tmp_path / "out2"), "--quiet", "--on-error", "fail"])
     assert rc == 1
+
+
+def test_unreadable_manifests_are_named_lazily_and_eagerly(tmp_path):
+    """A bad line or a truncated .gz surfaces only when the (lazy) stream reaches it, deep inside a
+    sampler; the error names the file either way. An empty manifest is an empty CutSet."""
+    write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 6, "dev": 1, "test": 1})
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("train",), progress=False)
+    good = manifest_path(tmp_path / "out", "pl", "cuts", "train")
+    lines = gzip.open(good, "rt").read().splitlines()
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    with gzip.open(manifest_path(bad_dir, "pl", "cuts", "train"), "wt") as f:
+        f.write("\n".join(lines[:3] + ['{"id": broken'] + lines[3:]) + "\n")
+    data = good.read_bytes()
+    manifest_path(bad_dir, "pl", "cuts", "dev").write_bytes(data[: len(data) // 2])
+    with gzip.open(manifest_path(bad_dir, "pl", "cuts", "test"), "wt") as f:
+        f.write("")
+    for split, problem in [("train", "JSONDecodeError"), ("dev", "EOFError")]:
+        for lazy in (True, False):
+            with pytest.raises(ValueError, match=rf"mls-pl_cuts_{split}\.jsonl\.gz: unreadable cut manifest \({problem}"):
+                list(load_manifests(bad_dir, "pl", split, lazy=lazy))
+    assert len(load_manifests(bad_dir, "pl", "test", lazy=False)) == 0
+    assert list(load_manifests(bad_dir, "pl", "test")) == []
+    lazy = load_manifests(tmp_path / "out", "pl", "train")
+    assert lazy.is_lazy and [c.id for c in lazy] == [c.id for c in load_manifests(tmp_path / "out", "pl", "train", lazy=False)]
+    assert len(list(lazy.repeat(times=2))) == 2 * len(lines)

@@ -162,7 +162,7 @@ def test_distributed_ranks_partition_eval_data(corpus):
         make_train_dataloader(tr, None, max_duration=2.0, world_size=2, rank=2)
 
 
-def test_read_cut_manifests_combines_in_order_and_names_bad_files(tmp_path):
+def test_read_cut_manifests_combines_in_order_and_names_bad_files(tmp_path, caplog):
     from just_asr.data.loader import read_cut_manifests
 
     a, b = tmp_path / "a_cuts.jsonl.gz", tmp_path / "b_cuts.jsonl.gz"
@@ -181,7 +181,9 @@ def test_read_cut_manifests_combines_in_order_and_names_bad_files(tmp_path):
         read_cut_manifests([])
     empty = tmp_path / "empty_cuts.jsonl"
     empty.write_text("")
-    assert [c.id for c in read_cut_manifests([empty, a])] == ["pl-0", "pl-1"]  # lhotse reads it as None
+    with caplog.at_level(logging.WARNING):
+        assert [c.id for c in read_cut_manifests([empty, a])] == ["pl-0", "pl-1"]  # lhotse reads it as None
+    assert "empty_cuts.jsonl: the cut manifest holds no cuts" in caplog.text
     assert len(read_cut_manifests([empty])) == 0
     lines = (tmp_path / "lines_cuts.jsonl")
     _fake_cuts("it", 2, 1.0).to_file(lines)

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"just-asr decode: error: {exc}", file=sys.stderr)
         return 2
     if len(cuts) == 0:
-        print("just-asr decode: error: the manifests hold no cuts", file=sys.stderr)
+        print(f"just-asr decode: error: the manifests hold no cuts ({', '.join(args.cuts)})", file=sys.stderr)
         return 2
     feature_source = args.feature_source
     if loaded.feature_source is not None:

@@ -295,6 +295,8 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
             ids = [c.id for c in cuts]  # some bad lines only fail here
         except Exception as exc:  # lhotse raises many types for a bad manifest
             raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
+        if not ids:
+            logger.warning("%s: the cut manifest holds no cuts", path)
         for cid in ids:
             if cid in seen:
                 raise ValueError(f"{path}: cut id {cid!r} also appears in {seen[cid]}")

@@ -78,7 +78,41 @@ def load_manifests(manifest_dir: str | Path, lang: str, split: str, *, lazy: boo
     if not path.is_file():
         have = sorted(p.name for p in Path(manifest_dir).glob("mls-*_cuts_*.jsonl.gz")) if Path(manifest_dir).is_dir() else []
         raise ValueError(f"{path}: cut manifest not found (run just-asr prepare-mls); found: {', '.join(have) or 'none'}")
-    return CutSet.from_jsonl_lazy(path) if lazy else CutSet.from_file(path)
+    manifest = NamedLazyManifest(path)
+    return CutSet(manifest) if lazy else CutSet.from_cuts(manifest)
+
+
+class NamedLazyManifest:
+    """A lazily read lhotse manifest (what ``CutSet.from_jsonl_lazy`` wraps) whose read errors name
+    the file: a bad line or a truncated ``.gz`` surfaces only when the stream reaches it, deep in
+    a sampler, where lhotse's own error (``JSONDecodeError``, ``EOFError``...) says nothing of
+    which file. Raises ``ValueError("<path>: unreadable cut manifest (...)")`` instead."""
+
+    def __init__(self, path: str | Path) -> None:
+        from lhotse.lazy import LazyManifestIterator
+
+        self.path = Path(path)
+        self._inner = LazyManifestIterator(path)
+
+    def _error(self, exc: Exception) -> ValueError:
+        return ValueError(f"{self.path}: unreadable cut manifest ({type(exc).__name__}: {exc})")
+
+    def __iter__(self):
+        it = iter(self._inner)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # lhotse raises many types for a bad manifest
+                raise self._error(exc) from None
+            yield item
+
+    def __len__(self) -> int:
+        try:
+            return len(self._inner)  # reads the whole file
+        except Exception as exc:
+            raise self._error(exc) from None
 
 
 @dataclass(frozen=True)
