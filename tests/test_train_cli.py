@@ -125,6 +125,20 @@ def test_fit_resume_export_transcribe_initfrom(prepared, capsys):
     k = "joiner.output.weight"
     torch.testing.assert_close(avg[k], (s4[k] + state[k]) / 2)
     assert cli(["export", str(ckdir), str(work / "nope"), "--average-last", "9"]) == 1
+    # a folder of periodic checkpoints without last.ckpt averages the same way (it required last.ckpt)
+    import shutil
+
+    nolast = work / "nolast"
+    nolast.mkdir()
+    for name in ("step000004.ckpt", "step000006.ckpt"):
+        shutil.copy(ckdir / name, nolast / name)
+    assert cli(["export", str(nolast), str(work / "model-avg2"), "--average-last", "2"]) == 0
+    avg2 = load_file(str(work / "model-avg2" / "model.safetensors"))
+    assert all(torch.equal(avg2[k], avg[k]) for k in avg)
+    empty = work / "no-checkpoints"
+    empty.mkdir()
+    assert cli(["export", str(empty), str(work / "nope"), "--average-last", "2"]) == 1
+    assert "no *.ckpt files to average" in capsys.readouterr().err
 
     # --- load + transcribe == an independent greedy decode of the same features
     loaded = load_model_dir(out["final"])

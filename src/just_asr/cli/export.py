@@ -64,7 +64,12 @@ def export_checkpoint(
         strip_prefix,
     )
 
-    path = _resolve_ckpt(ckpt)
+    averaged: list[Path] = []
+    if average_last is not None:
+        averaged = find_last_checkpoints(ckpt, average_last)  # a folder needs no last.ckpt for this
+        path = Path(ckpt) if Path(ckpt).is_file() else averaged[-1]
+    else:
+        path = _resolve_ckpt(ckpt)
     ck = load_lightning_checkpoint(path)
     hp = ck.get("hyper_parameters") or {}
     if "arch" not in hp or "vocab_size" not in hp:
@@ -74,9 +79,8 @@ def export_checkpoint(
     model = JustModel(cfg, int(hp["vocab_size"]))
     info: dict[str, Any] = {"global_step": int(ck.get("global_step", -1)), "checkpoints": [str(path)]}
     if average_last is not None:
-        paths = find_last_checkpoints(path, average_last)
-        state = average_checkpoints(paths)
-        info.update(source="average", checkpoints=[str(p) for p in paths])
+        state = average_checkpoints(averaged)
+        info.update(source="average", checkpoints=[str(p) for p in averaged])
     elif ema:
         if EMA_CHECKPOINT_KEY not in ck:
             raise ValueError(f"{path}: no EMA weights in this checkpoint (train with the ema callback enabled)")
