@@ -216,3 +216,34 @@ def test_bad_index_names_file_and_line(tmp_path, exported):
                                      root=str(exported.shar), source="x.json")
     with pytest.raises(ValueError, match="needs features"):
         audio_only.read_fields("precomputed")
+
+
+def test_export_reports_unusable_audio_in_one_line(tmp_path):
+    """A corrupt and a truncated recording: each skipped and reported with the project's own one-line
+    diagnosis (lhotse's error runs to several lines of backends and call arguments); the rest exported;
+    an unreadable manifest names its file."""
+    from data_helpers import write_mls_corpus
+
+    from just_asr.data.errors import ErrorCollector
+    from just_asr.data.mls import prepare_mls
+    from just_asr.data.shar import export_shar
+
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 4, "dev": 1})
+    prepare_mls(tmp_path / "corpus", tmp_path / "man", langs=["pl"], progress=False)
+    ids = spec.ids[("pl", "train")]
+    spec.paths[ids[0]].write_bytes(b"not audio at all" * 64)
+    data = spec.paths[ids[1]].read_bytes()
+    spec.paths[ids[1]].write_bytes(data[: len(data) // 3])
+    errors = ErrorCollector()
+    report = export_shar(tmp_path / "man", tmp_path / "shar", langs="pl", splits=["train"], errors=errors)
+    problems = {e.path: e.problem for e in errors.skipped}
+    assert set(problems) == {str(spec.paths[ids[0]]), str(spec.paths[ids[1]])}
+    assert all("\n" not in p for p in problems.values())
+    assert "cannot read audio" in problems[str(spec.paths[ids[0]])]
+    assert "truncated" in problems[str(spec.paths[ids[1]])]
+    assert report.written == {("pl", "train"): 2}
+    bad = tmp_path / "badman"
+    bad.mkdir()
+    (bad / "mls-pl_cuts_train.jsonl.gz").write_bytes((tmp_path / "man" / "mls-pl_cuts_train.jsonl.gz").read_bytes()[:60])
+    with pytest.raises(ValueError, match=r"mls-pl_cuts_train\.jsonl\.gz: unreadable cut manifest"):
+        export_shar(bad, tmp_path / "shar2", langs="pl", splits=["train"])

@@ -300,6 +300,22 @@ def _with_memory_features(cut: "Cut", feats: np.ndarray) -> "Cut":
     return fastcopy(cut, features=features)
 
 
+def _write_problem(cut: "Cut", exc: Exception) -> str:
+    """One line on why lhotse could not write ``cut``: lhotse's audio errors run to several lines
+    (every backend tried, the calls made), so the audio is read again with the project's own loader,
+    whose errors say what is wrong with the file; otherwise the first line of lhotse's message."""
+    from just_asr.data.audio import AudioError, load_cut_audio
+
+    try:
+        load_cut_audio(cut)
+    except AudioError as audio_exc:
+        return audio_exc.problem
+    except Exception:  # noqa: BLE001 - the first line of lhotse's message below
+        pass
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _chunks(it: Iterable[Any], n: int) -> Iterator[list[Any]]:
     it = iter(it)
     while True:
@@ -404,7 +420,7 @@ def export_shar(
                             except Exception as exc:  # noqa: BLE001 - reported with the file, the cut is skipped
                                 from just_asr.data.dataset import cut_source
 
-                                errors.report(cut_source(cut), f"cannot export cut {cut.id} ({type(exc).__name__}: {exc})")
+                                errors.report(cut_source(cut), f"cannot export cut {cut.id} ({_write_problem(cut, exc)})")
                                 continue
                             n += 1
                             secs += float(cut.duration)
