@@ -143,7 +143,7 @@ def test_fit_refuses_crafted_checkpoints(tmp_path, tok, model_dir, capsys):
 
     # --init-from a crafted checkpoint, and from a model directory with pickled weights
     assert cli(fit_args(tmp_path, tok, "--init-from", str(ckdir / "last.ckpt"))) == 1
-    assert f"{ckdir / 'last.ckpt'}: cannot read as a Lightning checkpoint" in capsys.readouterr().err
+    assert f"{ckdir / 'last.ckpt'}: refused to load" in capsys.readouterr().err
     (model_dir / "model.safetensors").write_bytes(crafted_pickle(marker))
     assert cli(fit_args(tmp_path, tok, "--init-from", str(model_dir))) == 1
     assert "model.safetensors: cannot read safetensors weights" in capsys.readouterr().err
@@ -152,7 +152,7 @@ def test_fit_refuses_crafted_checkpoints(tmp_path, tok, model_dir, capsys):
     # export reads checkpoints the same way
     assert cli(["export", str(ckdir / "last.ckpt"), str(tmp_path / "exported")]) != 0
     printed = capsys.readouterr()
-    assert f"{ckdir / 'last.ckpt'}: cannot read as a Lightning checkpoint" in printed.err  # stderr, not stdout
+    assert f"{ckdir / 'last.ckpt'}: refused to load" in printed.err  # stderr, not stdout
     assert "error" not in printed.out
     assert not marker.exists()
 
@@ -177,6 +177,13 @@ def test_checkpoint_io_refuses_pickles_and_never_allows_weights_only_false(tmp_p
     (tmp_path / "torn.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"torn.ckpt: cannot read the checkpoint \(corrupt or truncated file\?\)"):
         io.load_checkpoint(tmp_path / "torn.ckpt")
+    # a file that is not a checkpoint at all, or empty: said so (torch's answer blamed "unsafe" content)
+    (tmp_path / "text.ckpt").write_text("garbage\n")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"text.ckpt: not a torch checkpoint \(neither a zip archive nor a pickle"):
+        safe_torch_load(tmp_path / "text.ckpt")
+    with pytest.raises(ValueError, match=r"empty.ckpt: not a torch checkpoint \(an empty file"):
+        io.load_checkpoint(tmp_path / "empty.ckpt")
     assert not marker.exists()
     # a checkpoint of tensors and plain containers round-trips through the atomic writer
     good = {"state_dict": {"w": torch.arange(6.0).view(2, 3)}, "global_step": 7, "meta": {"a": [1, "b", None, 2.5]}}

@@ -43,13 +43,10 @@ def load_lightning_checkpoint(path: str | Path) -> dict:
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing or not a
     Lightning checkpoint."""
+    from just_asr.train.checkpointing import safe_torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path}: cannot read as a Lightning checkpoint ({exc})") from exc
+    ckpt = safe_torch_load(path)  # errors name the file and say what is wrong, in one line
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt

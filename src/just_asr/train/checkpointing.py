@@ -87,6 +87,11 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch's zip format, or a (legacy) pickle
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise ValueError(f"{path}: not a torch checkpoint ({what}; corrupt, or another kind of file?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:  # the restricted unpickler met something it does not allow
