@@ -342,6 +342,29 @@ def test_save_model_dir_round_trips_the_recipe(hf_import, audio, tmp_path) -> No
     assert not (tmp_path / "x").exists()  # nothing written before the checks
 
 
+@pytest.mark.parametrize("source", ["seamless", "on-the-fly", None])
+def test_export_records_the_recipe_the_run_trained_on(hf_import, tmp_path, source) -> None:
+    """``just-asr export`` writes the data module's ``feature_source`` into the model directory (a
+    fine-tuned import was exported as lhotse fbank and then decoded with the wrong features)."""
+    from just_asr.cli.main import main
+
+    _, model_dir, tok = hf_import
+    loaded = load_model_dir(model_dir)
+    dm = {"tokenizer": str(tok), "cmvn": None}
+    if source is not None:
+        dm["feature_source"] = source
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in loaded.model.state_dict().items()}, "global_step": 3,
+            "hyper_parameters": {"arch": loaded.model.cfg.to_dict(), "vocab_size": loaded.model.vocab_size},
+            "datamodule_hyper_parameters": dm}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    assert main(["export", str(tmp_path / "last.ckpt"), str(tmp_path / "out")]) == 0
+    again = load_model_dir(tmp_path / "out")
+    if source == "seamless":
+        assert again.feature_source == "seamless" and again.config["features"] == loaded.config["features"]
+    else:
+        assert again.feature_source is None and again.feature_type == "fbank"
+
+
 def test_altered_seamless_config_is_refused(hf_import, tmp_path) -> None:
     import shutil
 

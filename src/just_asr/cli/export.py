@@ -101,7 +101,10 @@ def export_checkpoint(
         cmvn = dm.get("cmvn")
     elif cmvn.lower() == "none":
         cmvn = None
-    out = save_model_dir(out_dir, model, cfg, tok, cmvn=cmvn, extra={"export": info})
+    # the feature recipe the run was trained on travels with the model (a fine-tuned w2v-BERT 2.0
+    # import was trained on the SeamlessM4T recipe and must be decoded with it)
+    out = save_model_dir(out_dir, model, cfg, tok, cmvn=cmvn, extra={"export": info},
+                         features=dm.get("feature_source"))
     return out, info
 
 
