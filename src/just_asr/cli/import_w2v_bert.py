@@ -3,7 +3,7 @@
 ``HF_DIR`` holds a ``Wav2Vec2BertModel`` as ``save_pretrained`` writes it (``config.json`` and
 ``model.safetensors``, or safetensors shards with their index), e.g. the public checkpoint::
 
-    huggingface-cli download facebook/w2v-bert-2.0 --local-dir w2v-bert-2.0
+    hf download facebook/w2v-bert-2.0 --local-dir w2v-bert-2.0   # (older hubs: huggingface-cli download)
     just-asr import-w2v-bert w2v-bert-2.0 exp/w2v-bert-2.0-import --tokenizer data/tokenizer/tokenizer.model
 
 The first ``--contrastive-layers`` (8) HF layers become the contrastive stack and the rest (16) the

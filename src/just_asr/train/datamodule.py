@@ -64,7 +64,8 @@ class JustDataModule(pl.LightningDataModule):
         untranscribed_ratio: probability that the next training cut comes from ``untranscribed``
           (a share of cuts); ``1.0`` trains on untranscribed audio alone.
         max_dev_cuts_per_lang: score at most this many dev cuts per language (the first ones).
-        feature_source: ``auto`` | ``precomputed`` | ``on-the-fly``.
+        feature_source: ``auto`` | ``precomputed`` | ``on-the-fly`` | ``seamless`` (the
+          SeamlessM4T recipe of a w2v-BERT 2.0 import; docs/w2v-bert-2.md).
         num_buckets: duration buckets of the training sampler.
         max_cuts: cap on cuts per training batch.
         shar_dir: folder (or URL prefix) of ``just-asr export-shar``; training then streams its
