@@ -285,3 +285,34 @@ def test_datamodule_gives_its_loaders_the_models_minimum_length(tmp_path):
     assert dm._min_frames() == 15  # 3 stride-2 convolutions
     assert dm.train_dataloader().dataset.min_frames == 15
     assert dm.val_dataloader().dataset.min_frames == 15
+    # an empty dev manifest with a per-language cap: no cuts (lhotse's subset refused first=0)
+    import gzip
+
+    with gzip.open(tmp_path / "out" / "mls-pl_cuts_dev.jsonl.gz", "wt") as f:
+        f.write("")
+    capped = JustDataModule(str(tmp_path / "out"), langs=["pl"], max_duration=20.0, max_dev_cuts_per_lang=1)
+    assert len(capped.dev_cuts()) == 0
+
+
+def test_train_loader_filters_too_short_cuts_before_batching(tmp_path):
+    """Half the corpus is 50 ms clips (5 frames; the model needs 7): the duration buckets would put
+    them together in batches with nothing usable (which stopped fit); they are reported and filtered
+    before batching, and every batch holds only usable cuts."""
+    import itertools
+
+    from just_asr.data.loader import make_train_dataloader
+
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 8, "dev": 1, "test": 1})
+    ids = spec.ids[("pl", "train")]
+    for i in ids[:4]:
+        write_audio(spec.paths[i], tone(0.05, 16000), 16000, "flac")
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("train",), progress=False)
+    cuts = load_manifests(tmp_path / "out", "pl", "train")
+    dl = make_train_dataloader({"pl": cuts}, None, max_duration=0.4, num_buckets=2, min_frames=7, **FAST)
+    sampled = [c.id for _, batch in itertools.islice(iter(dl.sampler), 12) for c in batch]
+    assert sampled and set(sampled) <= set(ids[4:])  # filtered before batching, not inside the batch
+    seen = {c for b in itertools.islice(dl, 12) for c in b["cut_ids"]}
+    assert seen and seen <= set(ids[4:])
+    reported = {e.path for e in dl.errors.skipped}
+    assert reported == {str(spec.paths[i]) for i in ids[:4]}
+    assert all("fewer than the model's minimum of 7" in e.problem for e in dl.errors.skipped)

@@ -31,7 +31,7 @@ import torch.utils.data
 
 from just_asr.data.dataset import AsrDataset, cut_source, cut_text
 from just_asr.data.errors import ErrorCollector
-from just_asr.data.features import GlobalCMVN, check_feature_source
+from just_asr.data.features import GlobalCMVN, check_feature_source, cut_num_frames
 from just_asr.data.sampling import LanguageStats, temperature_mux
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +59,25 @@ class _SpellableFilter:
             return True
         chars = " ".join(f"{c!r} (U+{ord(c):04X})" for c in missing)
         self.errors.report(cut_source(cut), f"transcript of cut {cut.id} has characters the tokenizer lacks: {chars}")
+        return False
+
+
+class _LongEnoughFilter:
+    """Predicate for ``CutSet.filter``: keeps cuts with at least ``min_frames`` feature frames (from
+    their duration, no audio read), reports the others. Applied before batching, so a batch never
+    ends up with nothing usable because its duration bucket held only too-short cuts."""
+
+    def __init__(self, min_frames: int, feature_source: str, errors: ErrorCollector):
+        self.min_frames = int(min_frames)
+        self.feature_source = feature_source
+        self.errors = errors
+
+    def __call__(self, cut) -> bool:
+        n = cut_num_frames(cut, self.feature_source)
+        if n >= self.min_frames:
+            return True
+        self.errors.report(cut_source(cut), f"cut {cut.id} is too short: {n} feature frames, fewer than the model's "
+                                            f"minimum of {self.min_frames} (duration {cut.duration}s)")
         return False
 
 
@@ -234,6 +253,8 @@ def make_train_dataloader(
         print(mix.describe(), flush=True)  # the proportions are shown even when INFO logs are off
     if tokenizer is not None and on_unknown_chars == "skip":
         cuts = cuts.filter(_SpellableFilter(tokenizer, errors))
+    if min_frames > 1:
+        cuts = cuts.filter(_LongEnoughFilter(min_frames, feature_source, errors))
     sampler = _sampler(
         cuts,
         num_buckets,
@@ -338,6 +359,8 @@ def make_eval_dataloader(
     """
     check_loader_args(rank, world_size, max_duration, feature_source, cmvn)
     errors = errors if errors is not None else ErrorCollector("skip")
+    if min_frames > 1:
+        cuts = cuts.filter(_LongEnoughFilter(min_frames, feature_source, errors))
     n_cuts = sum(1 for _ in cuts)  # evaluation sets are small; lhotse needs buckets <= cuts
     if n_cuts == 0:
         raise ValueError("no cuts to evaluate")

@@ -592,6 +592,16 @@ def _duration_bins(index: SharIndex, sets: Mapping[str, SharSet], weights: Mappi
     return list(estimate_duration_buckets(CutSet.from_cuts(sample), num_buckets=num_buckets))
 
 
+class _AllOf:
+    """A cut predicate true when all of ``predicates`` are (picklable, for DataLoader workers)."""
+
+    def __init__(self, predicates: tuple) -> None:
+        self.predicates = predicates
+
+    def __call__(self, cut: Any) -> bool:
+        return all(p(cut) for p in self.predicates)
+
+
 def make_shar_train_dataloader(
     index: SharIndex | str | Path,
     langs: list[str],
@@ -629,7 +639,7 @@ def make_shar_train_dataloader(
     from lhotse.dataset.iterable_dataset import IterableDatasetWrapper
 
     from just_asr.data.dataset import AsrDataset
-    from just_asr.data.loader import _load_cmvn, _SpellableFilter, check_loader_args
+    from just_asr.data.loader import _load_cmvn, _LongEnoughFilter, _SpellableFilter, check_loader_args
     from just_asr.data.sampling import LanguageStats, language_mix
 
     check_loader_args(rank, world_size, max_duration, feature_source, cmvn)
@@ -650,6 +660,9 @@ def make_shar_train_dataloader(
                            "every slot reads all of its shards", index.path, l, split, len(s.shards), slots)
     errors = errors if errors is not None else ErrorCollector("skip")
     predicate = _SpellableFilter(tokenizer, errors) if tokenizer is not None and on_unknown_chars == "skip" else None
+    if min_frames > 1:
+        long_enough = _LongEnoughFilter(min_frames, feature_source, errors)
+        predicate = long_enough if predicate is None else _AllOf((predicate, long_enough))
     stream = ShardedCutStream(index, list(langs), split, fields, mix.mux_weights, rank=rank, world_size=world_size,
                               seed=seed, cut_filter=predicate)
     cuts = CutSet(stream)
