@@ -139,6 +139,9 @@ def test_fit_resume_export_transcribe_initfrom(prepared, capsys):
     empty.mkdir()
     assert cli(["export", str(empty), str(work / "nope"), "--average-last", "2"]) == 1
     assert "no *.ckpt files to average" in capsys.readouterr().err
+    # a mistyped folder is not found (its parent, holding other runs' checkpoints, is not searched)
+    assert cli(["export", str(work / "nolast-typo"), str(work / "nope"), "--average-last", "2"]) == 1
+    assert "nolast-typo: checkpoint or checkpoint folder not found" in capsys.readouterr().err
 
     # --- load + transcribe == an independent greedy decode of the same features
     loaded = load_model_dir(out["final"])

@@ -357,8 +357,8 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     try:
         torch.empty(1, device=dev)
     except Exception as exc:  # torch raises RuntimeError, NotImplementedError, AssertionError... by backend
-        raise ValueError(f"device {device!r} is not available in this torch build ({type(exc).__name__} "
-                         "when allocating on it)") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ValueError(f"device {device!r} is not available ({type(exc).__name__}: {reason})") from None
     if not path.is_dir():
         raise ModelDirError(f"{path}: model directory not found")
     config = _read_config(path)

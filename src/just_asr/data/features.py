@@ -129,11 +129,14 @@ def extract_fbank(samples: np.ndarray, sampling_rate: int) -> torch.Tensor:
     expected = num_frames(len(x))
     if expected == 0:  # under half a hop (5 ms)
         return torch.zeros(0, FBANK_DIM)
-    if len(x) < HOP_SAMPLES:
+    try:
+        feats = fbank_extractor().extract(x, SAMPLE_RATE)
+    except RuntimeError:
+        if len(x) >= HOP_SAMPLES:
+            raise
         # lhotse's extractor fails below ~140 samples although the framing promises one frame
         # (N >= 80): zero-pad to one hop, which gives exactly that frame
-        x = np.pad(x, (0, HOP_SAMPLES - len(x)))
-    feats = fbank_extractor().extract(x, SAMPLE_RATE)
+        feats = fbank_extractor().extract(np.pad(x, (0, HOP_SAMPLES - len(x))), SAMPLE_RATE)
     feats = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
     if feats.shape[0] != expected:  # never seen; guards a change of lhotse's framing
         feats = _fit_frames(feats, expected)

@@ -97,6 +97,8 @@ def find_last_checkpoints(ckpt: str | Path, n: int) -> list[Path]:
     if n < 1:
         raise ValueError(f"--average-last needs N >= 1, got {n}")
     p = Path(ckpt)
+    if not p.exists():  # (its parent folder would otherwise be searched: another run's checkpoints)
+        raise FileNotFoundError(f"{p}: checkpoint or checkpoint folder not found")
     folder = p if p.is_dir() else p.parent
     files = sorted(folder.glob("*.ckpt")) + sorted(folder.glob("*/*.ckpt"))
     if not files:

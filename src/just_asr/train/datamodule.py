@@ -173,6 +173,8 @@ class JustDataModule(pl.LightningDataModule):
         """The untranscribed manifests as one lazy CutSet (``None`` when there are none)."""
         from lhotse import CutSet
 
+        from just_asr.data.mls import NamedLazyManifest
+
         paths = list(self.hparams.untranscribed or [])
         if not paths:
             return None
@@ -180,7 +182,7 @@ class JustDataModule(pl.LightningDataModule):
         for p in paths:
             if not Path(p).is_file():
                 raise ValueError(f"{p}: untranscribed cut manifest not found (run just-asr prepare-untranscribed)")
-            sets.append(CutSet.from_jsonl_lazy(p))
+            sets.append(CutSet(NamedLazyManifest(p)))  # a bad line names the file
         return sets[0] if len(sets) == 1 else CutSet.mux(*sets, seed=self.hparams.seed)
 
     # ------------------------------------------------------------------ loaders
@@ -257,8 +259,8 @@ class JustDataModule(pl.LightningDataModule):
                 cuts = read_shar_cuts(index, lang, split, self.hparams.feature_source)
             else:
                 cuts = load_manifests(self.manifest_dir, lang, split, lazy=False)
-            if cap is not None:
-                cuts = cuts.subset(first=min(cap, len(cuts)))
+            if cap is not None and len(cuts) > cap:  # (lhotse's subset refuses first=0: an empty dev set)
+                cuts = cuts.subset(first=cap)
             parts.append(cuts)
         return CutSet.from_cuts(c for cs in parts for c in cs)
 
