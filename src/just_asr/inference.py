@@ -356,7 +356,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise ValueError("device 'meta' holds no data; use cpu or cuda")
     try:
         torch.empty(1, device=dev)
-    except Exception as exc:  # torch raises RuntimeError, NotImplementedError, AssertionError... by backend
+    except Exception as exc:  # the type depends on the backend (RuntimeError, NotImplementedError, AssertionError)
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ValueError(f"device {device!r} is not available ({type(exc).__name__}: {reason})") from None
     if not path.is_dir():

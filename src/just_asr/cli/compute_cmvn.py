@@ -25,25 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=["skip", "fail"], default="skip")
 
 
-def _read_cuts(path: str, cuts, limit: int | None):
-    """The first ``limit`` cuts of a lazily read manifest; a line lhotse cannot read is a
-    ``ValueError`` naming the file (lhotse's own error does not)."""
-    it = iter(cuts)
-    for _ in itertools.count() if limit is None else range(limit):
-        try:
-            cut = next(it)
-        except StopIteration:
-            return
-        except Exception as exc:  # lhotse raises many types for a bad line
-            raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
-        yield cut
-
-
 def run(args: argparse.Namespace) -> int:
     from lhotse import CutSet
 
     from just_asr.data.errors import DataError, ErrorCollector
     from just_asr.data.features import GlobalCMVN
+    from just_asr.data.mls import NamedLazyManifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     errors = ErrorCollector(args.on_error)
@@ -54,11 +41,8 @@ def run(args: argparse.Namespace) -> int:
         for path in args.cuts:
             if not Path(path).is_file():
                 raise ValueError(f"{path}: cut manifest not found")
-            try:
-                cs = CutSet.from_jsonl_lazy(path)
-            except Exception as exc:
-                raise ValueError(f"{path}: cannot open cut manifest ({exc})") from None
-            streams.append(_read_cuts(path, cs, args.max_cuts))
+            cs = CutSet(NamedLazyManifest(path, problem="not a lhotse cut manifest"))  # errors name the file
+            streams.append(itertools.islice(cs, args.max_cuts) if args.max_cuts is not None else cs)
         stats = GlobalCMVN.from_cuts(itertools.chain(*streams), source=args.features, errors=errors, progress=True)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,10 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]]:
     """Texts per ISO code from cut manifests and ``LANG:PATH`` text files."""
-    from lhotse import CutSet
-
     from just_asr.data.dataset import UNKNOWN_LANGUAGE, cut_language, cut_text
     from just_asr.data.languages import get_language
+    from just_asr.data.mls import NamedLazyManifest
 
     texts: dict[str, list[str]] = defaultdict(list)
     for item in inputs:
@@ -52,13 +51,10 @@ def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]
         if not path.is_file():
             raise ValueError(f"{path}: input not found")
         if path.name.endswith((".jsonl.gz", ".jsonl")):
-            try:
-                for cut in CutSet.from_jsonl_lazy(path):
-                    text = cut_text(cut)
-                    if text:
-                        texts[lang or cut_language(cut)].append(text)
-            except Exception as exc:  # lhotse raises many types for a bad manifest line
-                raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
+            for cut in NamedLazyManifest(path, problem="not a lhotse cut manifest"):  # errors name the file
+                text = cut_text(cut)
+                if text:
+                    texts[lang or cut_language(cut)].append(text)
             continue
         lang = lang or (get_language(text_lang).iso if text_lang else None)
         if lang is None:

@@ -86,16 +86,18 @@ class NamedLazyManifest:
     """A lazily read lhotse manifest (what ``CutSet.from_jsonl_lazy`` wraps) whose read errors name
     the file: a bad line or a truncated ``.gz`` surfaces only when the stream reaches it, deep in
     a sampler, where lhotse's own error (``JSONDecodeError``, ``EOFError``...) says nothing of
-    which file. Raises ``ValueError("<path>: unreadable cut manifest (...)")`` instead."""
+    which file. Raises ``ValueError("<path>: <problem> (<lhotse's error>)")`` instead; ``problem``
+    defaults to "unreadable cut manifest"."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, problem: str = "unreadable cut manifest") -> None:
         from lhotse.lazy import LazyManifestIterator
 
         self.path = Path(path)
+        self.problem = problem
         self._inner = LazyManifestIterator(path)
 
     def _error(self, exc: Exception) -> ValueError:
-        return ValueError(f"{self.path}: unreadable cut manifest ({type(exc).__name__}: {exc})")
+        return ValueError(f"{self.path}: {self.problem} ({type(exc).__name__}: {exc})")
 
     def __iter__(self):
         it = iter(self._inner)
