@@ -15,6 +15,7 @@ from just_asr.model import JustModel, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from model_helpers import record_search_threads
 from test_inference import TINY  # the same tiny model as the model-directory tests
 
 
@@ -165,17 +166,8 @@ def test_search_batch_pools_searches_without_changing_units(bench, setup):
 def test_last_search_gets_search_threads(bench, setup, monkeypatch):
     """As just-asr decode with encoder workers: only the search that starts after the last batch is
     encoded (the last pool) runs on ``search_threads``; the earlier ones keep the workers' setting."""
-    import just_asr.inference as inference
-
     model_dir, manifests = setup
-    seen: list[int] = []
-    real = inference.decode
-
-    def recording(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "decode", recording)
+    seen = record_search_threads(monkeypatch)
     assert torch.get_num_threads() == 1  # the module's fixture
     res = bench.run_trained(model_dir, manifests, beams=[2], repeats=1, max_duration=1.0, search_batch=2,
                             encoder_workers=2, search_threads=2)
@@ -216,16 +208,7 @@ def test_decode_parts_modes_run_and_report(setup, capsys, monkeypatch):
     assert "encoder fp32" in out and "encoder bf16" in out
     assert parts.main(["encoder-threads", *common]) == 0
     assert "1 Python threads x 1 torch thread" in capsys.readouterr().out
-    import just_asr.inference as inference
-
-    seen: list[int] = []
-    real = inference.decode
-
-    def recording(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "decode", recording)
+    seen = record_search_threads(monkeypatch)
     assert parts.main(["search-threads", *common[:-4], "--threads", "2", "--passes", "1"]) == 0
     out = capsys.readouterr().out
     assert out.count("same units on 4 of 4") == 2 and "1 thread" in out and "2 threads" in out

@@ -12,6 +12,8 @@ import soundfile as sf
 import torch
 import yaml
 
+from model_helpers import record_search_threads
+
 from just_asr.cli.main import main
 from just_asr.data.audio import load_audio
 from just_asr.data.features import GlobalCMVN, extract_fbank
@@ -309,21 +311,6 @@ def test_encode_stream_with_workers_keeps_order_and_values(model_dir, audio_file
         Transcriber(loaded, encoder_workers=0)
 
 
-def _record_search_threads(monkeypatch) -> list[int]:
-    """Patch the Transcriber's search to note torch's thread count each time it runs."""
-    import just_asr.inference as inference
-
-    seen: list[int] = []
-    real = inference.decode
-
-    def recording(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "decode", recording)
-    return seen
-
-
 def test_search_threads_only_while_nothing_is_encoded(model_dir, audio_files, monkeypatch):
     """``search_threads``: a search that starts with no encoder call running or queued gets that many
     torch threads and restores the setting; one that starts while a batch waits for a worker, or while
@@ -334,7 +321,7 @@ def test_search_threads_only_while_nothing_is_encoded(model_dir, audio_files, mo
 
     loaded = load_model_dir(model_dir)
     feats, lens = _features(audio_files)
-    seen = _record_search_threads(monkeypatch)
+    seen = record_search_threads(monkeypatch)
     assert torch.get_num_threads() == 1  # the module's fixture
     plain = Transcriber(loaded).decode_batch(feats, lens)
     tr = Transcriber(loaded, search_threads=2, encoder_workers=2)
@@ -549,7 +536,7 @@ def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp
     assert (o / "hyp_en.txt").read_text() == (out / "hyp_en.txt").read_text()
     assert json.loads((o / "wer.json").read_text())["info"]["encoder_workers"] == 2
     # two workers on one thread each; the one search starts after the last batch: both threads
-    seen = _record_search_threads(monkeypatch)
+    seen = record_search_threads(monkeypatch)
     rc = main(["decode", "--model", str(model_dir), "--cuts", str(m_pl), str(m_en), "--out", str(tmp_path / "w2"),
                "--max-duration", "1", "--encoder-workers", "2", "--threads", "2"])
     assert rc == 0, capsys.readouterr().err
