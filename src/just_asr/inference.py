@@ -488,7 +488,7 @@ class Transcriber:
           worker, no other search), e.g. the last pooled search of ``just-asr decode`` when the
           workers are done; the setting is restored afterwards. With encoder workers on one thread
           each, the search would otherwise run on one thread while the other cores idle (the demo
-          model's searches are 1.16-1.35x faster on two threads: ``BENCHMARKS.md``). ``None``
+          model's searches are 1.16-1.32x faster on two threads: ``BENCHMARKS.md``). ``None``
           (default) leaves torch's setting alone. A search that starts while an encoder call runs
           keeps the current setting, so the two never oversubscribe the cores. torch keeps the
           thread count per thread, and a thread's first torch call takes the last value set
