@@ -198,7 +198,8 @@ def test_masked_and_unmasked_branches_both_work_and_differ() -> None:
     g = torch.Generator()
     out_m = model_m(**batch, generator=g.manual_seed(3))
     out_u = model_u(**batch, generator=g.manual_seed(3))
-    assert counts_m["contrastive_stack"] == 1 and counts_u["contrastive_stack"] == 2
+    assert counts_m["contrastive_stack"] == 1
+    assert counts_u["contrastive_stack"] == 1  # the unmasked pass rides in the masked pass's call
     loss_m = out_m.compute_loss(generator=g.manual_seed(4))
     loss_u = out_u.compute_loss(generator=g.manual_seed(4))
     for loss in (loss_m, loss_u):
@@ -212,6 +213,59 @@ def test_masked_and_unmasked_branches_both_work_and_differ() -> None:
     assert not torch.allclose(out_m.encoder_out, out_u.encoder_out)
     # the masked branch reads the MLM stack output of the masked pass
     assert out_m.mask[[0, 2]].any()
+
+
+@pytest.mark.parametrize("longest_has_text", [True, False])
+def test_joint_unmasked_pass_equals_two_passes(longest_has_text: bool) -> None:
+    """The unmasked branch's encoder pass concatenated with the masked pass (one call per module)
+    gives the separate passes' losses and gradients (train mode, dropout off, SpecAugment-like
+    supervised input); also when the longest row has no text (the separate pass then ran on
+    fewer frames)."""
+    off = {"frontend": {"dropout": 0.0}, "encoder": {"dropout": 0.0, "attention_dropout": 0.0},
+           "decoder": {"dropout": 0.0}, "rnnt_branch": "unmasked"}
+    torch.manual_seed(0)
+    joint = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
+    apart = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
+    apart.load_state_dict(joint.state_dict())
+    apart.joint_unmasked_pass = False
+    assert joint.joint_unmasked_pass_active and not apart.joint_unmasked_pass_active
+    batch = make_batch()
+    if not longest_has_text:  # row 0 (80 frames) untranscribed, rows 1 and 2 (60, 70) with text
+        batch["has_text"] = torch.tensor([False, True, True])
+        batch["targets"][1, :2] = torch.tensor([3, 4])
+        batch["target_lens"] = torch.tensor([0, 2, 3])
+    batch["supervised_features"] = batch["features"] * 0.5 + 0.1 * torch.randn(batch["features"].shape)
+    results = []
+    for model in (joint, apart):
+        counts = count_calls(model, ["frontend", "contrastive_stack", "mlm_stack"])
+        g = torch.Generator()
+        out = model(**batch, generator=g.manual_seed(3))
+        loss = out.compute_loss(generator=g.manual_seed(4))
+        loss.total.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((counts, out, loss, grads))
+    (c_j, out_j, loss_j, g_j), (c_a, out_a, loss_a, g_a) = results
+    assert c_j == {"frontend": 1, "contrastive_stack": 1, "mlm_stack": 1}
+    assert c_a == {"frontend": 2, "contrastive_stack": 2, "mlm_stack": 2}
+    assert out_j.encoder_out.shape == out_a.encoder_out.shape
+    torch.testing.assert_close(out_j.encoder_out, out_a.encoder_out, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out_j.rnnt_logit_lens, out_a.rnnt_logit_lens)
+    assert set(loss_j.terms) == set(loss_a.terms) == {"rnnt", "contrastive", "diversity", "mlm"}
+    for name in loss_j.terms:
+        torch.testing.assert_close(loss_j.terms[name], loss_a.terms[name], atol=1e-5, rtol=1e-5)
+    assert g_j.keys() == g_a.keys() and "contrastive_stack.layers.0.ffn1.intermediate_dense.weight" in g_j
+    for k in g_j:
+        torch.testing.assert_close(g_j[k], g_a[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_joint_unmasked_pass_not_with_batch_norm() -> None:
+    """conv_norm: batch would mix the two passes' statistics: the passes stay separate."""
+    torch.manual_seed(0)
+    model = JustModel(make_cfg(encoder={"conv_norm": "batch"}, rnnt_branch="unmasked"), VOCAB).train()
+    assert model.joint_unmasked_pass and not model.joint_unmasked_pass_active
+    counts = count_calls(model, ["contrastive_stack"])
+    model(**make_batch()).compute_loss().total.backward()
+    assert counts["contrastive_stack"] == 2
 
 
 def test_determinism_under_seed() -> None:
