@@ -215,20 +215,20 @@ def test_masked_and_unmasked_branches_both_work_and_differ() -> None:
     assert out_m.mask[[0, 2]].any()
 
 
-@pytest.mark.parametrize("longest_has_text", [True, False])
-def test_joint_unmasked_pass_equals_two_passes(longest_has_text: bool) -> None:
-    """The unmasked branch's encoder pass concatenated with the masked pass (one call per module)
-    gives the separate passes' losses and gradients (train mode, dropout off, SpecAugment-like
-    supervised input); also when the longest row has no text (the separate pass then ran on
-    fewer frames)."""
+@pytest.mark.parametrize(("branch", "longest_has_text"), [("unmasked", True), ("unmasked", False), ("masked", True)])
+def test_joint_passes_equal_separate_calls(branch: str, longest_has_text: bool) -> None:
+    """The front-end calls of a step (clean and SpecAugment-like input) and, for the unmasked branch,
+    its encoder pass concatenated with the masked pass (one call per module) give the separate
+    calls' losses and gradients (train mode, dropout off); also when the longest row has no text
+    (the separate unmasked pass then ran on fewer frames)."""
     off = {"frontend": {"dropout": 0.0}, "encoder": {"dropout": 0.0, "attention_dropout": 0.0},
-           "decoder": {"dropout": 0.0}, "rnnt_branch": "unmasked"}
+           "decoder": {"dropout": 0.0}, "rnnt_branch": branch}
     torch.manual_seed(0)
     joint = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
     apart = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
     apart.load_state_dict(joint.state_dict())
-    apart.joint_unmasked_pass = False
-    assert joint.joint_unmasked_pass_active and not apart.joint_unmasked_pass_active
+    apart.joint_passes = False
+    assert joint.joint_stacks_active and not apart.joint_stacks_active
     batch = make_batch()
     if not longest_has_text:  # row 0 (80 frames) untranscribed, rows 1 and 2 (60, 70) with text
         batch["has_text"] = torch.tensor([False, True, True])
@@ -246,10 +246,11 @@ def test_joint_unmasked_pass_equals_two_passes(longest_has_text: bool) -> None:
         results.append((counts, out, loss, grads))
     (c_j, out_j, loss_j, g_j), (c_a, out_a, loss_a, g_a) = results
     assert c_j == {"frontend": 1, "contrastive_stack": 1, "mlm_stack": 1}
-    assert c_a == {"frontend": 2, "contrastive_stack": 2, "mlm_stack": 2}
+    two = 2 if branch == "unmasked" else 1
+    assert c_a == {"frontend": 2, "contrastive_stack": two, "mlm_stack": two}
     assert out_j.encoder_out.shape == out_a.encoder_out.shape
     torch.testing.assert_close(out_j.encoder_out, out_a.encoder_out, atol=1e-5, rtol=1e-5)
-    assert torch.equal(out_j.rnnt_logit_lens, out_a.rnnt_logit_lens)
+    assert torch.equal(out_j.rnnt_logit_lens, out_a.rnnt_logit_lens) and torch.equal(out_j.mask, out_a.mask)
     assert set(loss_j.terms) == set(loss_a.terms) == {"rnnt", "contrastive", "diversity", "mlm"}
     for name in loss_j.terms:
         torch.testing.assert_close(loss_j.terms[name], loss_a.terms[name], atol=1e-5, rtol=1e-5)
@@ -258,11 +259,11 @@ def test_joint_unmasked_pass_equals_two_passes(longest_has_text: bool) -> None:
         torch.testing.assert_close(g_j[k], g_a[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_joint_unmasked_pass_not_with_batch_norm() -> None:
-    """conv_norm: batch would mix the two passes' statistics: the passes stay separate."""
+def test_joint_stacks_not_with_batch_norm() -> None:
+    """conv_norm: batch would mix the two passes' statistics: the stacks are called apart."""
     torch.manual_seed(0)
     model = JustModel(make_cfg(encoder={"conv_norm": "batch"}, rnnt_branch="unmasked"), VOCAB).train()
-    assert model.joint_unmasked_pass and not model.joint_unmasked_pass_active
+    assert model.joint_passes and not model.joint_stacks_active
     counts = count_calls(model, ["contrastive_stack"])
     model(**make_batch()).compute_loss().total.backward()
     assert counts["contrastive_stack"] == 2

@@ -266,7 +266,7 @@ class ModelConfig:
     The default is the miniature's dev winner (``recipes/synthetic``, RESULTS.md): JUST from scratch
     at beta 0.02, 1800 steps, dev WER 62.7% unmasked vs 83.3% masked. The unmasked branch costs a
     second encoder pass per step while the self-supervised terms are on (computed in the same
-    module calls as the masked pass, concatenated along the batch: ``JustModel.joint_unmasked_pass_active``).
+    module calls as the masked pass, concatenated along the batch: ``JustModel.joint_stacks_active``).
     """
 
     frontend: FrontendConfig = field(default_factory=FrontendConfig)

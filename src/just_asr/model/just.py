@@ -11,7 +11,7 @@ Data flow of ``JustModel.forward`` (shapes: B utterances, T fbank frames, T' lat
       rnnt_branch="masked":   enc = top (the same, masked pass)
       rnnt_branch="unmasked": enc = encode(features) (a second, unmasked forward of the text rows;
           it runs inside the masked pass's front-end and stack calls, concatenated along the batch,
-          unless conv_norm is batch: see ``JustModel.joint_unmasked_pass_active``)
+          unless conv_norm is batch: see ``JustModel.joint_stacks_active``)
       joiner(enc, predictor(blank + targets)) --> logits (B_text, T', U+1, V), float32
     How the RNN-T term is computed (``cfg.decoder``):
       rnnt="full", fused_batch_size=None: the logits above are kept in ``JustOutput.rnnt_logits``
@@ -361,22 +361,36 @@ class JustModel(nn.Module):
             self.simple_am_proj = nn.Linear(d, vocab_size)
             self.simple_lm_proj = nn.Linear(p_dim, vocab_size)
         self.current_step = 0  # set by set_step(); drives the pruned-loss warm-up
-        self.joint_unmasked_pass = True
+        self.joint_passes = True
 
     @property
-    def joint_unmasked_pass_active(self) -> bool:
-        """Whether ``rnnt_branch="unmasked"`` runs its encoder pass in the masked pass's calls.
+    def joint_stacks_active(self) -> bool:
+        """Whether ``rnnt_branch="unmasked"`` runs its encoder pass in the masked pass's stack calls.
 
-        With the self-supervised terms on, the unmasked branch encodes the text rows a second time
-        without masking. Both passes go through the same front end and stacks, and every layer but a
-        batch norm treats each row on its own, so by default (``joint_unmasked_pass = True``) the two
-        inputs are concatenated along the batch and each module is called once: the same values (up
-        to float rounding) and gradients with half the calls on twice the rows (tiny preset, bf16,
-        2 CPU threads: 1.06-1.09x on the whole step; ``BENCHMARKS.md``). Off with ``conv_norm:
-        batch`` (its statistics would mix the two passes) or when the attribute is set to
-        ``False``. Dropout draws other (equally distributed) masks than the separate passes.
+        A training step can run the front end up to twice and, with the self-supervised terms on and
+        ``rnnt_branch="unmasked"``, both stacks twice (the masked pass over the batch, an unmasked
+        pass over its text rows). Every layer but a batch norm treats each row on its own, so by
+        default (``joint_passes = True``) the inputs of such calls are concatenated along the batch
+        and each module is called once: the same values (up to float rounding) and gradients with
+        half the calls on twice the rows (tiny preset, bf16, 2 CPU threads: 1.06-1.09x on the whole
+        unmasked-branch step; ``BENCHMARKS.md``). The stacks stay apart with ``conv_norm: batch``
+        (its statistics would mix the passes); ``joint_passes = False`` keeps every call apart.
+        Dropout draws other (equally distributed) masks than separate calls.
         """
-        return self.joint_unmasked_pass and self.cfg.encoder.conv_norm != "batch"
+        return self.joint_passes and self.cfg.encoder.conv_norm != "batch"
+
+    def _frontend_calls(self, inputs: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """The front end over each ``(features, lengths)`` of ``inputs`` -> ``[(latent, lens), ...]``,
+        in one call over their concatenation unless ``joint_passes`` is off (it treats rows apart)."""
+        if len(inputs) == 1 or not self.joint_passes:
+            return [self.frontend(f, f_lens) for f, f_lens in inputs]
+        latent, lens = self.frontend(torch.cat([f for f, _ in inputs]), torch.cat([f_lens for _, f_lens in inputs]))
+        out, start = [], 0
+        for f, _ in inputs:
+            stop = start + f.size(0)
+            out.append((latent[start:stop], lens[start:stop]))
+            start = stop
+        return out
 
     # ------------------------------------------------------------------ public helpers
 
@@ -489,26 +503,22 @@ class JustModel(nn.Module):
         enc: Tensor | None = None
         enc_lens: Tensor | None = None
         # the unmasked branch's encoder pass rides in the same calls as the masked pass (see
-        # ``joint_unmasked_pass``): rows [0, n) are the batch, rows [n, n + B_text) its text rows
-        joint = run_ssl and run_rnnt and cfg.rnnt_branch == "unmasked" and self.joint_unmasked_pass_active
+        # ``joint_passes``): rows [0, n) are the batch, rows [n, n + B_text) its text rows
+        joint = run_ssl and run_rnnt and cfg.rnnt_branch == "unmasked" and self.joint_stacks_active
         n = features.size(0)
         if run_ssl:
-            if joint:
-                enc_lens = feature_lens.index_select(0, rows)
-                both, both_lens = self.frontend(torch.cat([features, sup.index_select(0, rows)]),
-                                                torch.cat([feature_lens, enc_lens]))
-                latent, lens = both[:n], both_lens[:n]  # clean latents for the quantiser
-                sup_latent, enc_lens = both[n:], both_lens[n:]
-            else:
-                latent, lens = self.frontend(features, feature_lens)  # clean latents for the quantiser
-            qout = self.quantizer(latent, lens, generator)
+            inputs = [(features, feature_lens)]  # clean latents for the quantiser
             if run_rnnt and cfg.rnnt_branch == "masked" and supervised_features is not None:
-                pass_in, _ = self.frontend(supervised_features, feature_lens)
-            else:
-                pass_in = latent
+                inputs.append((supervised_features, feature_lens))  # the masked pass's input
+            if joint:
+                inputs.append((sup.index_select(0, rows), feature_lens.index_select(0, rows)))
+            latents = self._frontend_calls(inputs)
+            latent, lens = latents[0]
+            qout = self.quantizer(latent, lens, generator)
+            pass_in = latents[1][0] if len(latents) > 1 and not joint else latent
             masked_in, mask = self.masker(pass_in, lens, generator)
             if joint:
-                assert enc_lens is not None
+                sup_latent, enc_lens = latents[-1]
                 all_lens = torch.cat([lens, enc_lens])
                 hidden_all = self.contrastive_stack(torch.cat([masked_in, sup_latent]), all_lens)
                 top_all = self.mlm_stack(hidden_all, all_lens)
