@@ -325,6 +325,8 @@ class JustModel(nn.Module):
     (predictor width -> V), the simple-loss heads (``None`` otherwise).
 
     ``set_step(step)`` tells the model the current optimiser step (the pruned loss's warm-up).
+    ``joint_passes`` (default ``True``): a step's front-end calls, and the unmasked branch's stack
+    calls, run on their inputs concatenated along the batch (see :attr:`joint_stacks_active`).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
@@ -365,7 +367,8 @@ class JustModel(nn.Module):
 
     @property
     def joint_stacks_active(self) -> bool:
-        """Whether ``rnnt_branch="unmasked"`` runs its encoder pass in the masked pass's stack calls.
+        """Whether ``rnnt_branch="unmasked"`` runs its encoder pass in the masked pass's stack calls
+        (front-end calls are joined whenever ``joint_passes`` is on).
 
         A training step can run the front end up to twice and, with the self-supervised terms on and
         ``rnnt_branch="unmasked"``, both stacks twice (the masked pass over the batch, an unmasked
