@@ -215,14 +215,17 @@ def test_masked_and_unmasked_branches_both_work_and_differ() -> None:
     assert out_m.mask[[0, 2]].any()
 
 
-@pytest.mark.parametrize(("branch", "longest_has_text"), [("unmasked", True), ("unmasked", False), ("masked", True)])
-def test_joint_passes_equal_separate_calls(branch: str, longest_has_text: bool) -> None:
+@pytest.mark.parametrize(("branch", "longest_has_text", "decoder"), [
+    ("unmasked", True, {}), ("unmasked", False, {}), ("masked", True, {}),
+    ("unmasked", False, {"rnnt": "pruned", "prune_range": 2}), ("unmasked", True, {"fused_batch_size": 1}),
+])
+def test_joint_passes_equal_separate_calls(branch: str, longest_has_text: bool, decoder: dict[str, Any]) -> None:
     """The front-end calls of a step (clean and SpecAugment-like input) and, for the unmasked branch,
     its encoder pass concatenated with the masked pass (one call per module) give the separate
     calls' losses and gradients (train mode, dropout off); also when the longest row has no text
     (the separate unmasked pass then ran on fewer frames)."""
     off = {"frontend": {"dropout": 0.0}, "encoder": {"dropout": 0.0, "attention_dropout": 0.0},
-           "decoder": {"dropout": 0.0}, "rnnt_branch": branch}
+           "decoder": {"dropout": 0.0, **decoder}, "rnnt_branch": branch}
     torch.manual_seed(0)
     joint = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
     apart = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
