@@ -218,14 +218,17 @@ def test_masked_and_unmasked_branches_both_work_and_differ() -> None:
 @pytest.mark.parametrize(("branch", "longest_has_text", "decoder"), [
     ("unmasked", True, {}), ("unmasked", False, {}), ("masked", True, {}),
     ("unmasked", False, {"rnnt": "pruned", "prune_range": 2}), ("unmasked", True, {"fused_batch_size": 1}),
+    ("unmasked", False, {"ctc": 0.5}),
 ])
 def test_joint_passes_equal_separate_calls(branch: str, longest_has_text: bool, decoder: dict[str, Any]) -> None:
     """The front-end calls of a step (clean and SpecAugment-like input) and, for the unmasked branch,
     its encoder pass concatenated with the masked pass (one call per module) give the separate
     calls' losses and gradients (train mode, dropout off); also when the longest row has no text
     (the separate unmasked pass then ran on fewer frames)."""
+    decoder = dict(decoder)  # (the parametrised dict is shared)
+    ctc = {"ctc": decoder.pop("ctc")} if "ctc" in decoder else {}
     off = {"frontend": {"dropout": 0.0}, "encoder": {"dropout": 0.0, "attention_dropout": 0.0},
-           "decoder": {"dropout": 0.0, **decoder}, "rnnt_branch": branch}
+           "decoder": {"dropout": 0.0, **decoder}, "loss": ctc, "rnnt_branch": branch}
     torch.manual_seed(0)
     joint = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
     apart = JustModel(make_cfg(**copy.deepcopy(off)), VOCAB).train()
@@ -254,7 +257,7 @@ def test_joint_passes_equal_separate_calls(branch: str, longest_has_text: bool, 
     assert out_j.encoder_out.shape == out_a.encoder_out.shape
     torch.testing.assert_close(out_j.encoder_out, out_a.encoder_out, atol=1e-5, rtol=1e-5)
     assert torch.equal(out_j.rnnt_logit_lens, out_a.rnnt_logit_lens) and torch.equal(out_j.mask, out_a.mask)
-    assert set(loss_j.terms) == set(loss_a.terms) == {"rnnt", "contrastive", "diversity", "mlm"}
+    assert set(loss_j.terms) == set(loss_a.terms) == {"rnnt", "contrastive", "diversity", "mlm"} | set(ctc)
     for name in loss_j.terms:
         torch.testing.assert_close(loss_j.terms[name], loss_a.terms[name], atol=1e-5, rtol=1e-5)
     assert g_j.keys() == g_a.keys() and "contrastive_stack.layers.0.ffn1.intermediate_dense.weight" in g_j
@@ -263,13 +266,20 @@ def test_joint_passes_equal_separate_calls(branch: str, longest_has_text: bool, 
 
 
 def test_joint_stacks_not_with_batch_norm() -> None:
-    """conv_norm: batch would mix the two passes' statistics: the stacks are called apart."""
+    """conv_norm: batch would mix the two passes' statistics: the stacks are called apart (the front
+    end, which couples no rows, still once), and the encoder output is the unmasked pass's own."""
     torch.manual_seed(0)
     model = JustModel(make_cfg(encoder={"conv_norm": "batch"}, rnnt_branch="unmasked"), VOCAB).train()
     assert model.joint_passes and not model.joint_stacks_active
-    counts = count_calls(model, ["contrastive_stack"])
-    model(**make_batch()).compute_loss().total.backward()
-    assert counts["contrastive_stack"] == 2
+    counts = count_calls(model, ["frontend", "contrastive_stack", "mlm_stack"])
+    batch = make_batch()
+    model(**batch).compute_loss().total.backward()
+    assert counts == {"frontend": 1, "contrastive_stack": 2, "mlm_stack": 2}
+    model.eval()  # running statistics: rows independent, so the pass equals encode() of the text rows
+    with torch.no_grad():
+        out = model(**batch, generator=torch.Generator().manual_seed(0))
+        enc, enc_lens = model.encode(batch["features"][[0, 2]], batch["feature_lens"][[0, 2]])
+    torch.testing.assert_close(out.encoder_out, enc[:, : int(enc_lens.max())], atol=1e-5, rtol=1e-5)
 
 
 def test_determinism_under_seed() -> None:

@@ -10,8 +10,8 @@ Data flow of ``JustModel.forward`` (shapes: B utterances, T fbank frames, T' lat
     RNN-T (rows with text only):
       rnnt_branch="masked":   enc = top (the same, masked pass)
       rnnt_branch="unmasked": enc = encode(features) (a second, unmasked forward of the text rows;
-          it runs inside the masked pass's front-end and stack calls, concatenated along the batch,
-          unless conv_norm is batch: see ``JustModel.joint_stacks_active``)
+          it runs inside the masked pass's front-end call and, unless conv_norm is batch, its stack
+          calls, concatenated along the batch: see ``JustModel.joint_stacks_active``)
       joiner(enc, predictor(blank + targets)) --> logits (B_text, T', U+1, V), float32
     How the RNN-T term is computed (``cfg.decoder``):
       rnnt="full", fused_batch_size=None: the logits above are kept in ``JustOutput.rnnt_logits``
@@ -325,8 +325,9 @@ class JustModel(nn.Module):
     (predictor width -> V), the simple-loss heads (``None`` otherwise).
 
     ``set_step(step)`` tells the model the current optimiser step (the pruned loss's warm-up).
-    ``joint_passes`` (default ``True``): a step's front-end calls, and the unmasked branch's stack
-    calls, run on their inputs concatenated along the batch (see :attr:`joint_stacks_active`).
+    ``joint_passes`` (default ``True``): a step's front-end calls, and (unless ``conv_norm: batch``)
+    the unmasked branch's stack calls, run on their inputs concatenated along the batch (see
+    :attr:`joint_stacks_active`).
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
@@ -368,7 +369,7 @@ class JustModel(nn.Module):
     @property
     def joint_stacks_active(self) -> bool:
         """Whether ``rnnt_branch="unmasked"`` runs its encoder pass in the masked pass's stack calls
-        (front-end calls are joined whenever ``joint_passes`` is on).
+        (the front-end calls are joined whenever ``joint_passes`` is on: no front end couples rows).
 
         A training step can run the front end up to twice and, with the self-supervised terms on and
         ``rnnt_branch="unmasked"``, both stacks twice (the masked pass over the batch, an unmasked
@@ -505,22 +506,23 @@ class JustModel(nn.Module):
         )
         enc: Tensor | None = None
         enc_lens: Tensor | None = None
-        # the unmasked branch's encoder pass rides in the same calls as the masked pass (see
-        # ``joint_passes``): rows [0, n) are the batch, rows [n, n + B_text) its text rows
-        joint = run_ssl and run_rnnt and cfg.rnnt_branch == "unmasked" and self.joint_stacks_active
+        # with the SSL terms on, the unmasked branch's encoder pass over the text rows rides in the
+        # masked pass's module calls (see ``joint_passes``): rows [0, n) are the batch, rows
+        # [n, n + B_text) its text rows
+        unmasked_pass = run_ssl and run_rnnt and cfg.rnnt_branch == "unmasked"
         n = features.size(0)
         if run_ssl:
             inputs = [(features, feature_lens)]  # clean latents for the quantiser
             if run_rnnt and cfg.rnnt_branch == "masked" and supervised_features is not None:
                 inputs.append((supervised_features, feature_lens))  # the masked pass's input
-            if joint:
+            if unmasked_pass:
                 inputs.append((sup.index_select(0, rows), feature_lens.index_select(0, rows)))
             latents = self._frontend_calls(inputs)
             latent, lens = latents[0]
             qout = self.quantizer(latent, lens, generator)
-            pass_in = latents[1][0] if len(latents) > 1 and not joint else latent
+            pass_in = latents[1][0] if len(latents) > 1 and not unmasked_pass else latent
             masked_in, mask = self.masker(pass_in, lens, generator)
-            if joint:
+            if unmasked_pass and self.joint_stacks_active:
                 sup_latent, enc_lens = latents[-1]
                 all_lens = torch.cat([lens, enc_lens])
                 hidden_all = self.contrastive_stack(torch.cat([masked_in, sup_latent]), all_lens)
@@ -530,6 +532,10 @@ class JustModel(nn.Module):
             else:
                 hidden = self.contrastive_stack(masked_in, lens)
                 top = self.mlm_stack(hidden, lens)
+                if unmasked_pass:  # the stacks apart (batch norm, or joint_passes off)
+                    sup_latent, enc_lens = latents[-1]
+                    sup_latent = sup_latent[:, : int(enc_lens.max())]
+                    enc = self.mlm_stack(self.contrastive_stack(sup_latent, enc_lens), enc_lens)
             b, t, _ = top.shape
             out.mask = mask
             out.context = self.context_proj(hidden)
@@ -542,7 +548,7 @@ class JustModel(nn.Module):
                 enc_lens = lens.index_select(0, rows)
                 enc = top.index_select(0, rows)[:, : int(enc_lens.max())]
         if run_rnnt:
-            if enc is None:  # ssl off, or the unmasked branch: a plain encoder pass over text rows
+            if enc is None:  # ssl off: a plain encoder pass over the text rows
                 sub_lens = feature_lens.index_select(0, rows)
                 sub = sup.index_select(0, rows)[:, : int(sub_lens.max())]
                 enc, enc_lens = self.encode(sub, sub_lens)
