@@ -25,8 +25,9 @@ spread evenly over ``[0.75, 1.25] * --seconds`` (so the batch is padded like a b
 80-d "fbank" at 100 frames/s drawn from N(0, 1) (what CMVN-normalised features look like), token
 targets ``U_b = max(1, T'_b // 5)`` drawn uniformly from the non-blank vocabulary (256 for ``tiny``,
 1024 for ``base``), every row transcribed. With ``--spec-augment`` (the default, as in
-``configs/demo.yaml`` and ``configs/just.yaml``) the batch also carries a perturbed
-``supervised_features`` copy, so the JUST objective runs the front end twice, as in training.
+``configs/just.yaml``; ``configs/demo.yaml`` turns SpecAugment off) the batch also carries a perturbed
+``supervised_features`` copy, so the JUST objective runs the front end on both the clean features
+and the copy (one call on the two concatenated), as in training.
 
 Configs: ``--presets`` x precision (fp32, bf16) x RNN-T (full, pruned) x objective (``just``: the
 preset's loss weights; ``supervised``: ``loss.ssl = 0``, one unmasked encoder pass + RNN-T). The
@@ -771,8 +772,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="print the top ops and per-part shares per config")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--rnnt-branch", choices=("masked", "unmasked"), default="masked",
-                   help="the JUST objective's RNN-T branch (default masked: one encoder pass, as every figure "
-                        "in BENCHMARKS.md; the presets now default to unmasked, which adds a second pass)")
+                   help="the JUST objective's RNN-T branch (default masked: one encoder pass, as BENCHMARKS.md's "
+                        "figures unless they say otherwise; the presets default to unmasked, which adds a "
+                        "second encoder pass over the transcribed rows)")
     p.add_argument("--adamw", choices=("default", "fused", "for-loop"), default="default",
                    help="AdamW implementation: the project's default (fused on CPU/CUDA), forced fused, or "
                    "torch's per-parameter for-loop (what build_optimizer gave before 2026-11-24's change)")
