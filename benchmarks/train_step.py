@@ -284,6 +284,14 @@ def compile_blocks(model, opt, batch: dict[str, torch.Tensor], precision: str, a
     return time.perf_counter() - t0
 
 
+def print_command_and_setup(args: argparse.Namespace) -> None:
+    """The command line, then what its figures depend on that the command may leave to defaults: the
+    batch, the JUST objective's RNN-T branch and the SpecAugment-like copy."""
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"setup: batch {args.batch} x {args.seconds:g} s mean per process, RNN-T branch {args.rnnt_branch}, "
+          f"supervised_features copy {'on' if args.spec_augment else 'off'}")
+
+
 def repeats_for(args: argparse.Namespace, preset: str) -> int:
     return args.base_repeats if (preset != "tiny" and args.base_repeats) else args.repeats
 
@@ -493,7 +501,7 @@ def run_compare(args: argparse.Namespace, configs: list[tuple[str, str, str, str
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print_command_and_setup(args)
     new_pkg = None
     if args.compare_src:
         old_pkg = import_package_copy(args.compare_src)
@@ -563,7 +571,7 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
     print(f"machine: {name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB), "
           f"host {cpu_model_name()}, {os.cpu_count()} CPUs; torch {torch.__version__}, CUDA {torch.version.cuda}; "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print_command_and_setup(args)
     print(f"just_asr from {Path(just_asr.__file__).parent}")
     print(f"matmul roof: torch.mm ({size}x{size}) @ ({size}x{size}) in the config's dtype on the GPU, measured right "
           f"after each config's timed steps; datasheet dense bf16 peak: "
@@ -682,8 +690,8 @@ def run_processes(args: argparse.Namespace, configs: list[tuple[str, str, str, s
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"{world} processes x {args.threads} threads (DDP, gloo); {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"batch per rank: B={args.batch} x {args.seconds:.2f} s mean; roof: torch.mm {args.roof_size}^3 with "
+    print_command_and_setup(args)
+    print(f"roof: torch.mm {args.roof_size}^3 with "
           f"{world * args.threads} threads in the parent process\n")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     ctx = mp.get_context("spawn")
@@ -841,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print_command_and_setup(args)
     import just_asr
 
     print(f"just_asr from {Path(just_asr.__file__).parent}")

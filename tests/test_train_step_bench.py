@@ -36,11 +36,15 @@ def test_one_process_and_data_parallel_tables(bench, capsys):
     threads = torch.get_num_threads()
     try:
         assert bench.main([*SMALL, "--threads", "1"]) == 0
-        (one,) = _rows(capsys.readouterr().out)
+        out_one = capsys.readouterr().out
+        (one,) = _rows(out_one)
         assert bench.main([*SMALL, "--threads", "1", "--processes", "2"]) == 0
         out = capsys.readouterr().out
     finally:
         torch.set_num_threads(threads)
+    # each table says what the command left to defaults
+    for text in (out_one, out):
+        assert "setup: batch 2 x 0.6 s mean per process, RNN-T branch masked, supervised_features copy on" in text
     (ddp,) = _rows(out)
     assert "2 processes x 1 threads (DDP, gloo)" in out
     assert ddp[:5] == ["tiny", "bf16", "full", "just", "2 x 1"]
@@ -54,6 +58,14 @@ def test_one_process_and_data_parallel_tables(bench, capsys):
     lo, hi = (gflop - 5e-4) / ((ms + 0.05) / 1e3), (gflop + 5e-4) / ((ms - 0.05) / 1e3)
     assert lo - 0.05 <= gflops <= hi + 0.05
     assert 0 < float(ddp[11]) < 100 and int(ddp[12]) == 2
+
+
+def test_setup_line_names_branch_and_copy(bench, capsys):
+    import argparse
+
+    bench.print_command_and_setup(argparse.Namespace(batch=24, seconds=1.6, rnnt_branch="unmasked", spec_augment=False))
+    out = capsys.readouterr().out
+    assert "setup: batch 24 x 1.6 s mean per process, RNN-T branch unmasked, supervised_features copy off" in out
 
 
 def test_processes_refuses_what_it_cannot_combine(bench):
