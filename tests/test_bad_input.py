@@ -264,6 +264,65 @@ def test_audio_removed_after_prepare_is_reported_by_the_dataset(tmp_path):
     shutil.rmtree(tmp_path / "corpus")
     with pytest.raises(DataError, match="every cut of a batch of 4 was unusable"):
         AsrDataset(None, errors=ErrorCollector())[cuts]
+    # the loaders' setting: the batch is reported with its cut ids and comes out as None
+    errors = ErrorCollector()
+    assert AsrDataset(None, errors=errors, empty_batch="skip")[cuts] is None
+    last = errors.skipped[-1]
+    assert "every cut of a batch of 4 was unusable" in last.problem and "the batch is left out" in last.problem
+    assert all(c.id in last.problem for c in cuts)
+    with pytest.raises(ValueError, match="empty_batch must be 'raise' or 'skip'"):
+        AsrDataset(None, empty_batch="ignore")
+
+
+class _SomeEmpty(__import__("torch").utils.data.Dataset):
+    """Item i is ``None`` where ``empty(i)``, else ``{"i": i}``."""
+
+    def __init__(self, n, empty):
+        self.n, self.empty = n, empty
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return None if self.empty(i) else {"i": i}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_skip_empty_batches_drops_none_and_stops_on_a_long_run(workers):
+    from just_asr.data.loader import SkipEmptyBatches
+
+    dl = SkipEmptyBatches(_SomeEmpty(10, lambda i: i in (2, 3, 7)), batch_size=None, num_workers=workers)
+    assert [b["i"] for b in dl] == [0, 1, 4, 5, 6, 8, 9]
+    dl = SkipEmptyBatches(_SomeEmpty(150, lambda i: i >= 5), batch_size=None, num_workers=workers)
+    it = iter(dl)
+    assert [next(it)["i"] for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="100 batches in a row had no usable cut"):
+        next(it)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_of_one_unreadable_cut_does_not_stop_the_train_loader(tmp_path, workers):
+    """One cut per batch (``max_cuts=1``, as long MLS utterances give with a small max_duration):
+    the cut whose audio is gone makes a batch with nothing usable. It is reported and the loader
+    goes on with the next batch of the stream; the stream indices say which batch was left out."""
+    from just_asr.data.loader import make_train_dataloader
+
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 4, "dev": 1, "test": 1})
+    ids = spec.ids[("pl", "train")]
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("train",), progress=False)
+    spec.paths[ids[2]].unlink()
+    cuts = load_manifests(tmp_path / "out", "pl", "train")
+    dl = make_train_dataloader({"pl": cuts}, None, max_duration=100.0, max_cuts=1, num_buckets=1,
+                               num_workers=workers, **FAST)
+    batches = list(itertools.islice(dl, 9))
+    got = [b["cut_ids"][0] for b in batches]
+    assert len(got) == 9 and ids[2] not in got and set(got) == set(ids) - {ids[2]}
+    order = [cuts for _, cuts in itertools.islice(iter(dl.sampler), 40)]
+    expected = [i for i, c in enumerate(order) if c[0].id != ids[2]][:9]
+    assert [b["stream_index"] for b in batches] == expected  # the left-out batches' indices are missing
+    if workers == 0:  # (a worker's reports stay in the worker; it logs them)
+        assert any(f"{ids[2]}.flac" in str(e) for e in dl.errors.skipped)
+        assert any("the batch is left out" in e.problem for e in dl.errors.skipped)
 
 
 def test_datamodule_gives_its_loaders_the_models_minimum_length(tmp_path):

@@ -556,7 +556,8 @@ def test_decode_command_writes_hyps_refs_and_reports(model_dir, audio_files, tmp
 
 
 @pytest.mark.parametrize("extra", [[], ["--encoder-workers", "2", "--threads", "2"], ["--search-batch", "0"],
-                                   ["--encoder-workers", "2", "--threads", "2", "--search-batch", "3"]])
+                                   ["--encoder-workers", "2", "--threads", "2", "--search-batch", "3"],
+                                   ["--num-workers", "1"]])
 def test_decode_command_skips_a_batch_whose_audio_is_gone(model_dir, audio_files, tmp_path, capsys, extra):
     """A batch whose only cut cannot be read is reported and skipped under every pooling/worker
     setting; the other cuts are decoded and scored, the exit status is 1."""

@@ -321,3 +321,26 @@ def test_datamodule_state_round_trip_and_changed_settings(small_manifests, monke
     assert next(iter(loader))["cut_ids"] == ref[5]
     with pytest.warns(UserWarning, match=r"max_duration: 2\.0 -> 3\.0.*skipping its 5 consumed batches"):
         dm(max_duration=3.0).load_state_dict(state)
+
+
+def test_consumed_count_follows_the_stream_index(small_manifests):
+    """The count of consumed batches is the last trained batch's ``stream_index`` + 1 (taken out of
+    the batch before it reaches the model): a batch the loader left out as unusable counts as
+    consumed, so a resumed run does not read it again; batches without the index count one each."""
+    from types import SimpleNamespace
+
+    from just_asr.train.datamodule import JustDataModule
+
+    dm = JustDataModule(str(small_manifests), langs=["pl", "de"], max_duration=2.0, num_buckets=2, seed=4)
+    dm.trainer = SimpleNamespace(training=True, world_size=1, global_rank=0)
+    batch = {"cut_ids": ["a"], "stream_index": 0}
+    assert dm.on_before_batch_transfer(batch, 0) is batch and "stream_index" not in batch
+    assert dm.state_dict()["train_batches_consumed"] == 1
+    dm.on_before_batch_transfer({"cut_ids": ["b"], "stream_index": 3}, 0)  # batches 1 and 2 were left out
+    assert dm.state_dict()["train_batches_consumed"] == 4
+    dm.on_before_batch_transfer({"cut_ids": ["c"]}, 0)  # e.g. a Shar stream: no index
+    assert dm.state_dict()["train_batches_consumed"] == 5
+    dm.trainer = SimpleNamespace(training=False, world_size=1, global_rank=0)
+    dev = {"cut_ids": ["d"]}
+    dm.on_before_batch_transfer(dev, 0)  # validation batches are not counted
+    assert dm.state_dict()["train_batches_consumed"] == 5

@@ -64,8 +64,7 @@ def _write_lines(path: Path, items: list[tuple[str, str]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from just_asr.data.dataset import cut_language
-    from just_asr.data.errors import DataError
+    from just_asr.data.dataset import cut_language, cut_source
     from just_asr.data.loader import make_eval_dataloader, read_cut_manifests
     from just_asr.evaluate import format_markdown, score_by_language, write_reports
     from just_asr.inference import ModelDirError, Transcriber, load_model_dir, pool_for_search
@@ -138,15 +137,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     def usable_batches():
         nonlocal audio_seconds
-        batches = iter(loader)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except DataError as exc:  # a batch whose every cut was unusable: its cuts count as failed
-                print(f"error: {exc}", file=sys.stderr)
-                continue
+        # a batch whose every cut was unusable is reported and left out by the loader (its cuts are
+        # listed as failed below)
+        for batch in loader:
             audio_seconds += float(batch["feature_lens"].sum()) * 0.01
             for cut_id, ref in zip(batch["cut_ids"], batch["texts"], strict=True):
                 refs[cut_id] = ref
@@ -201,8 +194,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"just-asr decode: {unscored} cuts have no reference text: decoded, not scored", file=sys.stderr)
     if missing:
         errors = getattr(loader, "errors", None)
-        for issue in errors.issues if errors is not None else []:
+        issues = errors.issues if errors is not None else []
+        for issue in issues:
             print(f"error: {issue}", file=sys.stderr)
+        # with --num-workers the reasons were logged by the worker that read the audio; name every
+        # failed cut's file here too
+        said = "\n".join(str(i) for i in issues)
+        by_id = {c.id: c for c in cuts}
+        for cut_id in missing:
+            source = cut_source(by_id[cut_id])
+            if cut_id not in said and source not in said:
+                print(f"error: {source}: cut {cut_id} could not be used (the data-loading worker's warning "
+                      "says why)", file=sys.stderr)
         print(f"just-asr decode: {len(missing)} of {len(cuts)} cuts could not be decoded (listed in wer.json); "
               "the report covers the rest", file=sys.stderr)
         return 1

@@ -37,6 +37,13 @@ handled by ``on_unknown_chars``:
 * ``"unk"``: encode the characters as ``<unk>`` (no report);
 * ``"fail"``: raise.
 
+A batch none of whose cuts is usable raises :class:`~just_asr.data.errors.DataError` by default
+(``empty_batch="raise"``). The DataLoaders of :mod:`just_asr.data.loader` and
+:mod:`just_asr.data.shar` build the dataset with ``empty_batch="skip"``: the batch is reported
+(with its cut ids) and comes out as ``None``, which their loader drops (a batch of one long cut
+whose audio is corrupt must not stop a training run; an exception would also lose its type on the
+way out of a DataLoader worker, which re-raises it as a ``RuntimeError``).
+
 Reports are made in the process that builds the batch (a DataLoader worker when
 ``num_workers > 0``), where they are logged as warnings; the training loader also filters
 unspellable cuts in the main process so that most never reach a worker (see ``loader.py``).
@@ -114,6 +121,9 @@ class AsrDataset(torch.utils.data.Dataset):
         min_frames: a cut with fewer feature frames is reported and left out (the model's front end
             cannot take it: ``model.frontend.min_input_frames``, 7 frames = 70 ms for the 4x conv
             front end); at least 1.
+        empty_batch: ``"raise"`` (default): a batch without a single usable cut raises
+            :class:`~just_asr.data.errors.DataError`; ``"skip"``: it is reported to ``errors`` and
+            ``None`` is returned (see :class:`just_asr.data.loader.SkipEmptyBatches`).
     """
 
     def __init__(
@@ -127,9 +137,13 @@ class AsrDataset(torch.utils.data.Dataset):
         errors: ErrorCollector | None = None,
         seed: int = 0,
         min_frames: int = 1,
+        empty_batch: str = "raise",
     ):
         super().__init__()
         check_feature_source(feature_source, cmvn)
+        if empty_batch not in ("raise", "skip"):
+            raise ValueError(f"empty_batch must be 'raise' or 'skip', got {empty_batch!r}")
+        self.empty_batch = empty_batch
         if min_frames < 1:
             raise ValueError(f"min_frames must be >= 1, got {min_frames}")
         self.min_frames = int(min_frames)
@@ -174,7 +188,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.errors.report(cut_source(cut), problem)
         return None, False
 
-    def __getitem__(self, cuts: "CutSet") -> dict:
+    def __getitem__(self, cuts: "CutSet") -> dict | None:
         feats: list[torch.Tensor] = []
         ids: list[list[int] | None] = []
         langs: list[str] = []
@@ -201,7 +215,13 @@ class AsrDataset(torch.utils.data.Dataset):
             cut_ids.append(cut.id)
             texts.append(text or "")
         if not feats:
-            raise DataError(None, f"every cut of a batch of {len(cuts)} was unusable; see the warnings above")
+            problem = f"every cut of a batch of {len(cuts)} was unusable; see the warnings above"
+            if self.empty_batch == "raise":
+                raise DataError(None, problem)
+            ids = [c.id for c in cuts]
+            shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
+            self.errors.report(None, f"{problem} (cuts {shown}); the batch is left out")
+            return None
         return collate(feats, ids, langs, cut_ids, texts, cmvn=self.cmvn, spec_augment=self.spec_augment, generator=self._rng())
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch.utils.data
 
 from just_asr.data.dataset import AsrDataset, cut_source, cut_text
-from just_asr.data.errors import ErrorCollector
+from just_asr.data.errors import DataError, ErrorCollector
 from just_asr.data.features import GlobalCMVN, check_feature_source, cut_num_frames
 from just_asr.data.sampling import LanguageStats, temperature_mux
 
@@ -152,16 +152,46 @@ class ResumableSampler(torch.utils.data.Sampler):
         self._start = 0
 
 
+class SkipEmptyBatches(torch.utils.data.DataLoader):
+    """A ``DataLoader`` whose iterator drops the ``None`` items of its dataset: the batches an
+    :class:`~just_asr.data.dataset.AsrDataset` built with ``empty_batch="skip"`` found no usable
+    cut in (already reported to its error collector). Training takes the next batch of the stream
+    instead, on every rank alike (each rank fetches until it has a batch), so data-parallel ranks
+    stay in step; evaluation simply has one batch fewer.
+
+    ``MAX_EMPTY_IN_A_ROW`` empty batches in a row raise :class:`~just_asr.data.errors.DataError`:
+    an endless training stream over data none of which can be read would otherwise spin forever."""
+
+    MAX_EMPTY_IN_A_ROW = 100
+
+    def __iter__(self):
+        empty = 0
+        for batch in super().__iter__():
+            if batch is not None:
+                empty = 0
+                yield batch
+                continue
+            empty += 1
+            if empty >= self.MAX_EMPTY_IN_A_ROW:
+                raise DataError(None, f"{empty} batches in a row had no usable cut: the data cannot be read "
+                                      "(see the reports above)")
+
+
 class _StreamDataset(AsrDataset):
     """:class:`AsrDataset` over ``(index, CutSet)`` items of a :class:`ResumableSampler`: the
     SpecAugment generator is re-seeded from ``(seed, index)`` before each batch, so the masks of
-    batch ``index`` do not depend on what came before it (exact resume, any worker count)."""
+    batch ``index`` do not depend on what came before it (exact resume, any worker count). The
+    batch also carries ``stream_index`` (an int: ``index``), from which the DataModule counts the
+    batches consumed, batches left out as unusable included."""
 
-    def __getitem__(self, item) -> dict:
+    def __getitem__(self, item) -> dict | None:
         if isinstance(item, tuple):
             index, cuts = item
             self.reseed(self.seed * 1_000_003 + int(index) * 7_919 + 17)
-            return super().__getitem__(cuts)
+            batch = super().__getitem__(cuts)
+            if batch is not None:
+                batch["stream_index"] = int(index)
+            return batch
         return super().__getitem__(item)
 
 
@@ -279,8 +309,9 @@ def make_train_dataloader(
         errors=errors,
         seed=seed + 7919 * rank,
         min_frames=min_frames,
+        empty_batch="skip",
     )
-    loader = torch.utils.data.DataLoader(
+    loader = SkipEmptyBatches(
         dataset,
         sampler=ResumableSampler(sampler),
         batch_size=None,
@@ -380,8 +411,9 @@ def make_eval_dataloader(
         on_unknown_chars=on_unknown_chars,
         errors=errors,
         min_frames=min_frames,
+        empty_batch="skip",
     )
-    loader = torch.utils.data.DataLoader(
+    loader = SkipEmptyBatches(
         dataset,
         sampler=sampler,
         batch_size=None,

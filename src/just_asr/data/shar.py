@@ -639,7 +639,7 @@ def make_shar_train_dataloader(
     from lhotse.dataset.iterable_dataset import IterableDatasetWrapper
 
     from just_asr.data.dataset import AsrDataset
-    from just_asr.data.loader import _load_cmvn, _LongEnoughFilter, _SpellableFilter, check_loader_args
+    from just_asr.data.loader import SkipEmptyBatches, _load_cmvn, _LongEnoughFilter, _SpellableFilter, check_loader_args
     from just_asr.data.sampling import LanguageStats, language_mix
 
     check_loader_args(rank, world_size, max_duration, feature_source, cmvn)
@@ -676,8 +676,8 @@ def make_shar_train_dataloader(
         sampler = DynamicCutSampler(cuts, **common)
     dataset = AsrDataset(tokenizer, cmvn=_load_cmvn(cmvn), feature_source=feature_source, spec_augment=spec_augment,
                          on_unknown_chars=on_unknown_chars, errors=errors, seed=seed + 7919 * rank,
-                         min_frames=min_frames)
-    loader = torch.utils.data.DataLoader(
+                         min_frames=min_frames, empty_batch="skip")
+    loader = SkipEmptyBatches(
         IterableDatasetWrapper(dataset, sampler),
         batch_size=None,
         num_workers=num_workers,

@@ -285,10 +285,15 @@ class JustDataModule(pl.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count the training batches the loop actually uses (Lightning calls this for each batch it
-        trains on, not for those the DataLoader or Lightning fetched ahead)."""
+        trains on, not for those the DataLoader or Lightning fetched ahead). A batch of the training
+        stream carries its ``stream_index`` (taken out of the batch here): the count is then that
+        index + 1, so batches the loader left out as unusable are counted as consumed too and a
+        resumed run does not read them again. Under DDP the checkpoint holds rank 0's count: a rank
+        that left out more or fewer batches than rank 0 replays or skips that many after a resume."""
+        index = batch.pop("stream_index", None) if isinstance(batch, dict) else None
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
-            self._batches_consumed += 1
+            self._batches_consumed = int(index) + 1 if index is not None else self._batches_consumed + 1
         return batch
 
     def _stream_fingerprint(self) -> dict[str, Any]:
