@@ -298,6 +298,17 @@ def test_skip_empty_batches_drops_none_and_stops_on_a_long_run(workers):
     assert [next(it)["i"] for _ in range(5)] == [0, 1, 2, 3, 4]
     with pytest.raises(DataError, match="100 batches in a row had no usable cut"):
         next(it)
+    # the count restarts at each usable batch: 150 empty ones, never two in a row, are no error
+    dl = SkipEmptyBatches(_SomeEmpty(300, lambda i: i % 2 == 1), batch_size=None, num_workers=workers)
+    assert [b["i"] for b in dl] == list(range(0, 300, 2))
+    # a finite pass without a limit reports them all and ends; require_a_batch stops an empty pass
+    dl = SkipEmptyBatches(_SomeEmpty(150, lambda i: i != 140), batch_size=None, max_empty_in_a_row=None)
+    assert [b["i"] for b in dl] == [140]
+    dl = SkipEmptyBatches(_SomeEmpty(3, lambda i: True), batch_size=None, max_empty_in_a_row=None,
+                          require_a_batch=True)
+    with pytest.raises(DataError, match="no batch of this pass had a usable cut"):
+        list(dl)
+    assert list(SkipEmptyBatches(_SomeEmpty(3, lambda i: True), batch_size=None, max_empty_in_a_row=None)) == []
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -320,6 +331,15 @@ def test_a_batch_of_one_unreadable_cut_does_not_stop_the_train_loader(tmp_path, 
     order = [cuts for _, cuts in itertools.islice(iter(dl.sampler), 40)]
     expected = [i for i, c in enumerate(order) if c[0].id != ids[2]][:9]
     assert [b["stream_index"] for b in batches] == expected  # the left-out batches' indices are missing
+    # exact resume across a left-out batch: continuing after the k-th trained batch's index gives the
+    # uninterrupted run's next batches
+    for k in (1, 2, 3, 5):
+        again = make_train_dataloader({"pl": cuts}, None, max_duration=100.0, max_cuts=1, num_buckets=1,
+                                      num_workers=workers, **FAST)
+        again.sampler.resume_from(batches[k - 1]["stream_index"] + 1)
+        rest = list(itertools.islice(again, 4))
+        assert [b["stream_index"] for b in rest] == [b["stream_index"] for b in batches[k : k + 4]]
+        assert [b["cut_ids"] for b in rest] == [b["cut_ids"] for b in batches[k : k + 4]]
     if workers == 0:  # (a worker's reports stay in the worker; it logs them)
         assert any(f"{ids[2]}.flac" in str(e) for e in dl.errors.skipped)
         assert any("the batch is left out" in e.problem for e in dl.errors.skipped)

@@ -159,22 +159,35 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
     instead, on every rank alike (each rank fetches until it has a batch), so data-parallel ranks
     stay in step; evaluation simply has one batch fewer.
 
-    ``MAX_EMPTY_IN_A_ROW`` empty batches in a row raise :class:`~just_asr.data.errors.DataError`:
-    an endless training stream over data none of which can be read would otherwise spin forever."""
+    Extra arguments (the rest are ``DataLoader``'s):
+        max_empty_in_a_row: that many empty batches in a row raise
+            :class:`~just_asr.data.errors.DataError` (an endless training stream over data none of
+            which can be read would otherwise spin forever); ``None``: no limit (a finite pass).
+        require_a_batch: a pass that yields no batch at all raises ``DataError`` at its end (for
+            evaluation under DDP: a rank without a single batch would skip the collectives the
+            other ranks wait in, and the run would hang instead of stopping).
+    """
 
-    MAX_EMPTY_IN_A_ROW = 100
+    def __init__(self, *args, max_empty_in_a_row: int | None = 100, require_a_batch: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_empty_in_a_row = max_empty_in_a_row
+        self.require_a_batch = require_a_batch
 
     def __iter__(self):
-        empty = 0
+        empty = yielded = 0
         for batch in super().__iter__():
             if batch is not None:
                 empty = 0
+                yielded += 1
                 yield batch
                 continue
             empty += 1
-            if empty >= self.MAX_EMPTY_IN_A_ROW:
+            if self.max_empty_in_a_row is not None and empty >= self.max_empty_in_a_row:
                 raise DataError(None, f"{empty} batches in a row had no usable cut: the data cannot be read "
                                       "(see the reports above)")
+        if self.require_a_batch and yielded == 0:
+            raise DataError(None, "no batch of this pass had a usable cut (see the reports above); with several "
+                                  "ranks this one would leave the others waiting")
 
 
 class _StreamDataset(AsrDataset):
@@ -383,7 +396,9 @@ def make_eval_dataloader(
     ``on_unknown_chars`` defaults to ``"unk"``: an evaluation cut is never silently removed (its
     reference text in ``texts`` is still scored as is). Audio that cannot be read, and cuts with
     fewer than ``min_frames`` feature frames (too short for the model's front end), are reported to
-    ``errors`` (``loader.errors``) and left out of their batch.
+    ``errors`` (``loader.errors``) and left out of their batch; a batch left without a usable cut
+    is reported and left out (:class:`SkipEmptyBatches`, no limit on how many; with
+    ``world_size > 1`` a rank whose pass yields no batch at all stops with ``DataError``).
 
     ``cmvn`` and ``feature_source`` are as in :func:`make_train_dataloader` (a model imported from
     w2v-BERT 2.0 is evaluated with ``feature_source="seamless"`` and no CMVN).
@@ -415,6 +430,8 @@ def make_eval_dataloader(
     )
     loader = SkipEmptyBatches(
         dataset,
+        max_empty_in_a_row=None,  # a finite pass: report every batch (decode lists the cuts it lost)
+        require_a_batch=world_size > 1,
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
