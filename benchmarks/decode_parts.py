@@ -62,6 +62,26 @@ def _alternate(variants: dict[str, Callable[[], object]], passes: int) -> dict[s
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _alternate_searches(searches: dict[str, Callable[[], list]], passes: int) -> tuple[dict[str, float], int, int]:
+    """:func:`_alternate` over pooled searches (name -> a call returning the searched units per
+    utterance): ``(median seconds per name, utterances whose units the first two agree on, utterances)``."""
+    tokens: dict[str, list] = {}
+
+    def keep(name, fn):
+        def call():
+            tokens[name] = fn()
+        return call
+
+    t = _alternate({name: keep(name, fn) for name, fn in searches.items()}, passes)
+    first, second = list(searches)[:2]
+    same = sum(a == b for a, b in zip(tokens[first], tokens[second], strict=True))
+    return t, same, len(tokens[first])
+
+
+def _search_label(method: str) -> str:
+    return f"pooled {method} search{' (beam 4, length norm)' if method == 'beam' else ''}"
+
+
 def _encode_all(model, batches, bf16: bool) -> list:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return [model.encode(f, l) for f, l in batches]
@@ -98,20 +118,18 @@ def run_predictor_step(args: argparse.Namespace) -> None:
     try:
         for method in ("greedy", "beam"):
             tr = Transcriber(loaded, method=method, beam=4, length_norm=True)
-            tokens: dict[str, list] = {}
 
-            def search(step, name):
+            def with_step(step, tr=tr):
                 def fn():
                     Predictor.step = step
-                    tokens[name] = tr.search_pooled(encoded).tokens
+                    return tr.search_pooled(encoded).tokens
                 return fn
 
-            t = _alternate({"nn.LSTM": search(_nn_lstm_step, "nn.LSTM"), "cells": search(cells, "cells")}, args.passes)
-            same = sum(a == b for a, b in zip(tokens["nn.LSTM"], tokens["cells"], strict=True))
-            print(f"pooled {method} search{' (beam 4, length norm)' if method == 'beam' else ''}, "
-                  f"{torch.get_num_threads()} threads: RTF nn.LSTM step {t['nn.LSTM'] / audio:.5f}, cells "
-                  f"{t['cells'] / audio:.5f} ({t['nn.LSTM'] / t['cells']:.2f}x); same units on {same} of "
-                  f"{len(tokens['cells'])}")
+            t, same, n = _alternate_searches({"nn.LSTM": with_step(_nn_lstm_step), "cells": with_step(cells)},
+                                             args.passes)
+            print(f"{_search_label(method)}, {torch.get_num_threads()} threads: RTF nn.LSTM step "
+                  f"{t['nn.LSTM'] / audio:.5f}, cells {t['cells'] / audio:.5f} ({t['nn.LSTM'] / t['cells']:.2f}x); "
+                  f"same units on {same} of {n}")
     finally:
         Predictor.step = cells
 
@@ -150,18 +168,11 @@ def run_search_threads(args: argparse.Namespace) -> None:
     for method in ("greedy", "beam"):
         opts = dict(method=method, beam=4, length_norm=method == "beam")
         one, many = Transcriber(loaded, **opts), Transcriber(loaded, search_threads=args.threads, **opts)
-        tokens: dict[str, list] = {}
-
-        def search(tr, name):
-            def fn():
-                tokens[name] = tr.search_pooled(encoded).tokens
-            return fn
-
-        t = _alternate({"one": search(one, "one"), "many": search(many, "many")}, args.passes)
-        same = sum(a == b for a, b in zip(tokens["one"], tokens["many"], strict=True))
-        print(f"pooled {method} search{' (beam 4, length norm)' if method == 'beam' else ''}, bf16 encoder "
-              f"output: RTF 1 thread {t['one'] / audio:.5f}, {args.threads} threads {t['many'] / audio:.5f} "
-              f"({t['one'] / t['many']:.2f}x); same units on {same} of {len(tokens['one'])}")
+        t, same, n = _alternate_searches({"one": lambda: one.search_pooled(encoded).tokens,
+                                          "many": lambda: many.search_pooled(encoded).tokens}, args.passes)
+        print(f"{_search_label(method)}, bf16 encoder output: RTF 1 thread {t['one'] / audio:.5f}, "
+              f"{args.threads} threads {t['many'] / audio:.5f} ({t['one'] / t['many']:.2f}x); "
+              f"same units on {same} of {n}")
     torch.set_num_threads(args.threads)
 
 

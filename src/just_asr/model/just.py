@@ -510,20 +510,22 @@ class JustModel(nn.Module):
         # masked pass's module calls (see ``joint_passes``): rows [0, n) are the batch, rows
         # [n, n + B_text) its text rows
         unmasked_pass = run_ssl and run_rnnt and cfg.rnnt_branch == "unmasked"
+        masked_reads_sup = run_rnnt and cfg.rnnt_branch == "masked" and supervised_features is not None
         n = features.size(0)
         if run_ssl:
             inputs = [(features, feature_lens)]  # clean latents for the quantiser
-            if run_rnnt and cfg.rnnt_branch == "masked" and supervised_features is not None:
+            if masked_reads_sup:
                 inputs.append((supervised_features, feature_lens))  # the masked pass's input
             if unmasked_pass:
                 inputs.append((sup.index_select(0, rows), feature_lens.index_select(0, rows)))
             latents = self._frontend_calls(inputs)
             latent, lens = latents[0]
-            qout = self.quantizer(latent, lens, generator)
-            pass_in = latents[1][0] if len(latents) > 1 and not unmasked_pass else latent
-            masked_in, mask = self.masker(pass_in, lens, generator)
-            if unmasked_pass and self.joint_stacks_active:
+            if unmasked_pass:
                 sup_latent, enc_lens = latents[-1]
+            qout = self.quantizer(latent, lens, generator)
+            masked_in, mask = self.masker(latents[1][0] if masked_reads_sup else latent, lens, generator)
+            if unmasked_pass and self.joint_stacks_active:
+                assert enc_lens is not None
                 all_lens = torch.cat([lens, enc_lens])
                 hidden_all = self.contrastive_stack(torch.cat([masked_in, sup_latent]), all_lens)
                 top_all = self.mlm_stack(hidden_all, all_lens)
@@ -533,7 +535,7 @@ class JustModel(nn.Module):
                 hidden = self.contrastive_stack(masked_in, lens)
                 top = self.mlm_stack(hidden, lens)
                 if unmasked_pass:  # the stacks apart (batch norm, or joint_passes off)
-                    sup_latent, enc_lens = latents[-1]
+                    assert enc_lens is not None
                     sup_latent = sup_latent[:, : int(enc_lens.max())]
                     enc = self.mlm_stack(self.contrastive_stack(sup_latent, enc_lens), enc_lens)
             b, t, _ = top.shape
