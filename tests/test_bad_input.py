@@ -264,9 +264,13 @@ def test_audio_removed_after_prepare_is_reported_by_the_dataset(tmp_path):
     shutil.rmtree(tmp_path / "corpus")
     with pytest.raises(DataError, match="every cut of a batch of 4 was unusable"):
         AsrDataset(None, errors=ErrorCollector())[cuts]
-    # the loaders' setting: the batch is reported with its cut ids and comes out as None
+    # the loaders' setting: the batch is reported with its cut ids and comes out as a LeftOutBatch
+    # (in the main process it carries no issues: its collector has them)
+    from just_asr.data.dataset import LeftOutBatch
+
     errors = ErrorCollector()
-    assert AsrDataset(None, errors=errors, empty_batch="skip")[cuts] is None
+    left = AsrDataset(None, errors=errors, empty_batch="skip")[cuts]
+    assert isinstance(left, LeftOutBatch) and left.cut_ids == [c.id for c in cuts] and left.data_issues == []
     last = errors.skipped[-1]
     assert "every cut of a batch of 4 was unusable" in last.problem and "the batch is left out" in last.problem
     assert all(c.id in last.problem for c in cuts)
@@ -340,9 +344,10 @@ def test_a_batch_of_one_unreadable_cut_does_not_stop_the_train_loader(tmp_path, 
         rest = list(itertools.islice(again, 4))
         assert [b["stream_index"] for b in rest] == [b["stream_index"] for b in batches[k : k + 4]]
         assert [b["cut_ids"] for b in rest] == [b["cut_ids"] for b in batches[k : k + 4]]
-    if workers == 0:  # (a worker's reports stay in the worker; it logs them)
-        assert any(f"{ids[2]}.flac" in str(e) for e in dl.errors.skipped)
-        assert any("the batch is left out" in e.problem for e in dl.errors.skipped)
+    # the reports reach the main process's collector, from a worker too
+    assert any(f"{ids[2]}.flac" in str(e) for e in dl.errors.skipped)
+    assert any("the batch is left out" in e.problem for e in dl.errors.skipped)
+    assert all("data_issues" not in b for b in batches)
 
 
 def test_datamodule_gives_its_loaders_the_models_minimum_length(tmp_path):
@@ -395,3 +400,98 @@ def test_train_loader_filters_too_short_cuts_before_batching(tmp_path):
     reported = {e.path for e in dl.errors.skipped}
     assert reported == {str(spec.paths[i]) for i in ids[:4]}
     assert all("fewer than the model's minimum of 7" in e.problem for e in dl.errors.skipped)
+
+
+def _touch_on_worker_start(where, worker_id):
+    (Path(where) / f"worker{worker_id}").write_text("started")
+
+
+def test_reports_from_workers_reach_the_main_process_once(tmp_path, capfd):
+    """Two DataLoader workers each meet a cut whose audio is gone: both problems end up in the
+    main process's ``loader.errors`` (the old loaders left them in the worker), are printed once
+    each (by the main process, not again by the worker), and the batches reach the caller without
+    the ``data_issues`` they carried. A ``worker_init_fn`` of the caller still runs."""
+    import logging
+    import sys
+    from functools import partial
+
+    from lhotse.dataset import SimpleCutSampler
+
+    from just_asr.data.dataset import AsrDataset
+    from just_asr.data.loader import SkipEmptyBatches
+
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 1, "dev": 1, "test": 6})
+    prepare_mls(tmp_path / "corpus", tmp_path / "out", splits=("test",), progress=False)
+    cuts = load_manifests(tmp_path / "out", "pl", "test", lazy=False)
+    gone = spec.ids[("pl", "test")][1], spec.ids[("pl", "test")][4]
+    for g in gone:
+        spec.paths[g].unlink()
+    handler = logging.StreamHandler(sys.stderr)  # every process that logs writes to the captured fd 2
+    logging.getLogger("just_asr").addHandler(handler)
+    try:
+        # one cut per batch, so that both workers read one of the missing files
+        dl = SkipEmptyBatches(AsrDataset(None, errors=ErrorCollector(), empty_batch="skip"),
+                              sampler=SimpleCutSampler(cuts, max_cuts=1), batch_size=None, num_workers=2,
+                              max_empty_in_a_row=None, worker_init_fn=partial(_touch_on_worker_start, str(tmp_path)))
+        assert dl.errors is dl.dataset.errors
+        batches = list(dl)
+    finally:
+        logging.getLogger("just_asr").removeHandler(handler)
+    err = capfd.readouterr().err
+    assert sorted(c for b in batches for c in b["cut_ids"]) == sorted(set(c.id for c in cuts) - set(gone))
+    assert all("data_issues" not in b for b in batches)
+    for g in gone:
+        assert [i for i in dl.errors.skipped if i.path == str(spec.paths[g])], (g, dl.errors.issues)
+        assert err.count(f"{g}.flac: audio file not found") == 1, err
+        assert err.count(f"batch of 1 was unusable; see the warnings above (cuts {g})") == 1, err
+    assert dl.errors.num_skipped == 4  # two files, two left-out batches
+    assert (tmp_path / "worker0").is_file() and (tmp_path / "worker1").is_file()
+
+
+def test_data_issue_report_file(tmp_path, capsys, caplog):
+    """``DataIssueReport.write``: nothing without a problem; the file and the printed summary
+    otherwise (once per fit); one file per rank under DDP; a resumed run merges with the earlier
+    file, and an unreadable earlier file is named in a warning and replaced by this run's list."""
+    from types import SimpleNamespace
+
+    from just_asr.train.callbacks import DataIssueReport
+
+    train, dev = ErrorCollector(log=False), ErrorCollector(log=False)
+    dm = SimpleNamespace(data_issues=lambda: {"train": train, "dev": dev})
+    trainer = SimpleNamespace(datamodule=dm, world_size=1, global_rank=0, default_root_dir=str(tmp_path), ckpt_path=None)
+    cb = DataIssueReport(max_listed=1)
+    assert cb.write(trainer) is None and not (tmp_path / "data_issues.json").exists()
+    train.report("/a.flac", "audio file not found")
+    train.report("/b.flac", "corrupt or truncated audio")
+    dev.warn("/c.flac", "22050 Hz, resampled")
+    path = cb.write(trainer)
+    assert path == tmp_path / "data_issues.json"
+    data = json.loads(path.read_text())
+    assert data["train"]["num_skipped"] == 2 and data["dev"]["num_kept_with_notice"] == 1
+    assert [i["path"] for i in data["train"]["issues"]] == ["/a.flac", "/b.flac"]
+    out = capsys.readouterr().out
+    assert str(path) in out and "train: 2 item(s) skipped" in out and "/a.flac: audio file not found" in out
+    assert "/b.flac" not in out and "... and 1 more" in out  # max_listed=1
+    assert cb.write(trainer) is None  # once per fit
+    with pytest.raises(ValueError, match="max_listed must be >= 0"):
+        DataIssueReport(max_listed=-1)
+
+    # resumed: earlier issues are kept, this run's added once
+    resumed = SimpleNamespace(**{**vars(trainer), "ckpt_path": "last.ckpt"})
+    train2 = ErrorCollector(log=False)
+    train2.report("/b.flac", "corrupt or truncated audio")
+    train2.report("/d.flac", "empty file (0 bytes)")
+    resumed.datamodule = SimpleNamespace(data_issues=lambda: {"train": train2})
+    DataIssueReport().write(resumed)
+    data = json.loads(path.read_text())
+    assert [i["path"] for i in data["train"]["issues"]] == ["/a.flac", "/b.flac", "/d.flac"]
+    assert [i["path"] for i in data["dev"]["issues"]] == ["/c.flac"]
+    path.write_text("{not json")
+    DataIssueReport().write(resumed)
+    assert "cannot read the earlier run's input problems" in caplog.text and str(path) in caplog.text
+    assert [i["path"] for i in json.loads(path.read_text())["train"]["issues"]] == ["/b.flac", "/d.flac"]
+
+    # DDP: a file per rank
+    ranked = SimpleNamespace(**{**vars(trainer), "world_size": 2, "global_rank": 1})
+    assert DataIssueReport().write(ranked) == tmp_path / "data_issues.rank1.json"
+    assert "(rank 1)" in capsys.readouterr().out

@@ -163,3 +163,66 @@ def test_broken_corpus_goes_through_prepare_fit_decode(tmp_path, capsys, monkeyp
     assert sorted(ref_lines) == sorted(f"{u}\t{spec.texts[u]}" for u in good["test"])
     wer = json.loads((dec / "wer.json").read_text())
     assert "pl" in json.dumps(wer)
+
+
+def test_fit_with_a_worker_lists_what_it_left_out(tmp_path, capsys):
+    """Audio removed after ``prepare-mls`` (one training and one dev utterance), ``fit`` with a
+    DataLoader worker: the run finishes, prints what it left out, writes every issue to
+    ``<root>/data_issues.json`` (train and dev apart; the worker's reports used to stay in the
+    worker), and logs ``data/skipped_items`` to TensorBoard. A resumed run keeps the earlier list."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from just_asr.data.mls import prepare_mls
+    from just_asr.data.tokenizer import train_tokenizer
+
+    spec = write_mls_corpus(tmp_path / "corpus", langs=("pl",), splits={"train": 6, "dev": 3, "test": 1})
+    out = tmp_path / "manifests"
+    prepare_mls(tmp_path / "corpus", out, progress=False)
+    gone_train, gone_dev = spec.ids[("pl", "train")][2], spec.ids[("pl", "dev")][0]
+    spec.paths[gone_train].unlink()
+    spec.paths[gone_dev].unlink()
+    tok = train_tokenizer({"pl": list(spec.texts.values())}, tmp_path / "tok", vocab_size=100)
+    root = tmp_path / "exp"
+
+    def fit(steps: int, *extra: str) -> int:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return cli([
+                "fit", "--config", str(ROOT / "configs/model/tiny.yaml"), "--config", str(ROOT / "configs/just.yaml"),
+                *SMALL, "--data.manifest_dir", str(out), "--data.tokenizer", str(tok), "--data.langs", "[pl]",
+                "--data.max_duration", "3", "--data.num_workers", "1", "--data.num_buckets", "1",
+                "--trainer.precision", "32", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+                "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "4",
+                "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
+                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
+                "--periodic_checkpoint.every_n_train_steps", "4", "--model.warmup_steps", "2", *extra,
+            ])
+        finally:
+            torch.set_num_threads(threads)
+
+    assert fit(8) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((root / "data_issues.json").read_text())
+    assert set(report) == {"train", "dev"}
+    assert [i["path"] for i in report["dev"]["issues"]] == [str(spec.paths[gone_dev])]
+    assert str(spec.paths[gone_train]) in [i["path"] for i in report["train"]["issues"]]
+    assert all("audio file not found" in i["problem"] or "the batch is left out" in i["problem"]
+               for part in report.values() for i in part["issues"])
+    assert "input problems met by the data loaders" in printed and f"{gone_train}.flac: audio file not found" in printed
+    values = []
+    for f in (root / "lightning_logs").glob("*"):
+        ea = EventAccumulator(str(f))
+        ea.Reload()
+        if "data/skipped_items" in ea.Tags()["scalars"]:
+            values += [e.value for e in ea.Scalars("data/skipped_items")]
+    assert values and values == sorted(values) and values[-1] == report["train"]["num_skipped"]
+
+    # a resumed run adds to the earlier list (an issue only the first run met is kept)
+    earlier = {"path": "/elsewhere/old.flac", "problem": "met before the resume", "line": None, "action": "skipped"}
+    report["train"]["issues"].append(earlier)
+    (root / "data_issues.json").write_text(json.dumps(report))
+    assert fit(10, "--resume") == 0
+    again = json.loads((root / "data_issues.json").read_text())
+    assert earlier in again["train"]["issues"]
+    assert str(spec.paths[gone_dev]) in [i["path"] for i in again["dev"]["issues"]]

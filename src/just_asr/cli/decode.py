@@ -197,16 +197,15 @@ def run(args: argparse.Namespace) -> int:
         issues = errors.issues if errors is not None else []
         for issue in issues:
             print(f"error: {issue}", file=sys.stderr)
-        # with --num-workers the reasons were logged by the worker that read the audio; name every
-        # failed cut's file here too
+        # the loader's collector holds every report, the workers' included; a report of a left-out
+        # batch names only its first cut ids: name every failed cut's file that no report named
         said_paths = {i.path for i in issues}
         said_words = {w.strip(",;:()") for i in issues for w in i.problem.split()}
         by_id = {c.id: c for c in cuts}
         for cut_id in missing:
             source = cut_source(by_id[cut_id])
             if cut_id not in said_words and source not in said_paths:
-                print(f"error: {source}: cut {cut_id} could not be used (the data-loading worker's warning "
-                      "says why)", file=sys.stderr)
+                print(f"error: {source}: cut {cut_id} could not be used (see the reports above)", file=sys.stderr)
         print(f"just-asr decode: {len(missing)} of {len(cuts)} cuts could not be decoded (listed in wer.json); "
               "the report covers the rest", file=sys.stderr)
         return 1

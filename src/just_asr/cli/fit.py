@@ -14,8 +14,9 @@ Besides Lightning's ``model``/``data``/``trainer``/``seed_everything`` groups th
 * ``checkpoint``: the best-by-dev-WER ``ModelCheckpoint`` (``best-step*.ckpt``);
   ``periodic_checkpoint``: every ``every_n_train_steps`` steps, keeps the latest ``save_top_k`` step
   checkpoints (for ``export --average-last N``) and ``last.ckpt`` (also written when training ends);
-* ``gumbel``, ``codebook_health``, ``nonfinite_guard``, ``ema``, ``throughput``: the callbacks of
-  :mod:`just_asr.train.callbacks`;
+* ``gumbel``, ``codebook_health``, ``nonfinite_guard``, ``ema``, ``throughput``, ``data_issues``: the
+  callbacks of :mod:`just_asr.train.callbacks` (``data_issues`` writes
+  ``<trainer.default_root_dir>/data_issues.json`` when the data loaders left anything out);
 * ``--ckpt_path PATH|last`` and ``--resume`` (= ``--ckpt_path last``): resume training;
 * ``--init-from PATH``: alias of ``--model.init_from`` (initialise matching weights).
 
@@ -60,7 +61,8 @@ def _make_cli_class():
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    from just_asr.train.callbacks import EMA, CodebookHealth, GumbelTemperature, NonFiniteGuard, Throughput
+    from just_asr.train.callbacks import (EMA, CodebookHealth, DataIssueReport, GumbelTemperature, NonFiniteGuard,
+                                          Throughput)
 
     class JustCLI(LightningCLI):
         """LightningCLI with our callbacks, checkpoints and resume/init options."""
@@ -95,6 +97,7 @@ def _make_cli_class():
             parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
             parser.add_lightning_class_args(EMA, "ema")
             parser.add_lightning_class_args(Throughput, "throughput")
+            parser.add_lightning_class_args(DataIssueReport, "data_issues")
             parser.add_argument(
                 "--ckpt_path", type=str | None, default=None,
                 help="resume from this Lightning checkpoint; 'last' (or --resume) = <checkpoint.dirpath>/last.ckpt",

@@ -17,7 +17,8 @@ Keys (always present, in this order):
 
 With ``spec_augment`` given, the batch also holds ``supervised_features`` (B, T, 80): a
 SpecAugmented copy for the model's supervised branch (``features`` stays clean for the
-quantiser). Nothing else is added.
+quantiser). Nothing else is added, except ``data_issues`` from a DataLoader worker (below), which
+the project's loaders take out before the batch reaches the model.
 
 Features come from :func:`just_asr.data.features.cut_features` with the dataset's
 ``feature_source``. With ``"seamless"`` (models imported from w2v-BERT 2.0) they are the
@@ -40,25 +41,32 @@ handled by ``on_unknown_chars``:
 A batch none of whose cuts is usable raises :class:`~just_asr.data.errors.DataError` by default
 (``empty_batch="raise"``). The DataLoaders of :mod:`just_asr.data.loader` and
 :mod:`just_asr.data.shar` build the dataset with ``empty_batch="skip"``: the batch is reported
-(with its cut ids) and comes out as ``None``, which their loader drops (a batch of one long cut
-whose audio is corrupt must not stop a training run; an exception would also lose its type on the
-way out of a DataLoader worker, which re-raises it as a ``RuntimeError``).
+(with its cut ids) and comes out as a :class:`LeftOutBatch`, which their loader drops (a batch of
+one long cut whose audio is corrupt must not stop a training run; an exception would also lose its
+type on the way out of a DataLoader worker, which re-raises it as a ``RuntimeError``).
 
-Reports are made in the process that builds the batch (a DataLoader worker when
-``num_workers > 0``), where they are logged as warnings; the training loader also filters
-unspellable cuts in the main process so that most never reach a worker (see ``loader.py``).
+Reports are made in the process that builds the batch. In a DataLoader worker
+(``num_workers > 0``) the worker's copy of the error collector would keep them to itself, so the
+issues reported since the worker's previous batch travel with the batch, under the key
+``data_issues`` (a list of :class:`~just_asr.data.errors.DataIssue`; only when there are any), or
+in the :class:`LeftOutBatch`. The project's loaders
+(:class:`~just_asr.data.loader.SkipEmptyBatches`) take them out of the batch, add them to the
+main process's collector (``loader.errors``) and log them there, so a training or decoding run
+counts and lists every problem whatever its worker count. In the main process nothing is added
+to the batch.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 import torch.utils.data
 
 from just_asr.data.audio import AudioError, cut_audio_path
-from just_asr.data.errors import DataError, ErrorCollector
+from just_asr.data.errors import DataError, DataIssue, ErrorCollector
 from just_asr.data.features import FBANK_DIM, GlobalCMVN, check_feature_source, cut_features
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,6 +111,16 @@ def cut_source(cut: "Cut") -> str:
     return cut_audio_path(cut) or f"cut {cut.id}"
 
 
+@dataclass
+class LeftOutBatch:
+    """What :class:`AsrDataset` with ``empty_batch="skip"`` returns for a batch none of whose cuts is
+    usable (already reported): the batch's cut ids and, from a DataLoader worker, the issues to
+    pass on to the main process (see the module docstring)."""
+
+    cut_ids: list[str]
+    data_issues: list[DataIssue] = field(default_factory=list)
+
+
 class AsrDataset(torch.utils.data.Dataset):
     """Map-style lhotse dataset: ``dataset[cuts] -> batch dict`` (see the module docstring).
 
@@ -123,7 +141,7 @@ class AsrDataset(torch.utils.data.Dataset):
             front end); at least 1.
         empty_batch: ``"raise"`` (default): a batch without a single usable cut raises
             :class:`~just_asr.data.errors.DataError`; ``"skip"``: it is reported to ``errors`` and
-            ``None`` is returned (see :class:`just_asr.data.loader.SkipEmptyBatches`).
+            a :class:`LeftOutBatch` is returned (see :class:`just_asr.data.loader.SkipEmptyBatches`).
     """
 
     def __init__(
@@ -157,6 +175,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.errors = errors if errors is not None else ErrorCollector("skip")
         self.seed = int(seed)
         self._generator: torch.Generator | None = None
+        self._issues_sent = 0  # in a DataLoader worker: how many of its collector's issues went out
 
     def reseed(self, seed: int) -> None:
         """Restart the augmentation RNG from ``seed`` (the next batch's SpecAugment masks depend only
@@ -221,8 +240,23 @@ class AsrDataset(torch.utils.data.Dataset):
             ids = [c.id for c in cuts]
             shown = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
             self.errors.report(None, f"{problem} (cuts {shown}); the batch is left out")
-            return None
-        return collate(feats, ids, langs, cut_ids, texts, cmvn=self.cmvn, spec_augment=self.spec_augment, generator=self._rng())
+            return LeftOutBatch(ids, self._issues_to_send())
+        batch = collate(feats, ids, langs, cut_ids, texts, cmvn=self.cmvn, spec_augment=self.spec_augment,
+                        generator=self._rng())
+        issues = self._issues_to_send()
+        if issues:
+            batch["data_issues"] = issues
+        return batch
+
+    def _issues_to_send(self) -> list[DataIssue]:
+        """In a DataLoader worker: the issues its collector recorded since the previous batch went
+        out (cuts of this batch, and whatever else the worker reported meanwhile, e.g. a sampler's
+        filter running there). In the main process: none (its collector has them already)."""
+        if torch.utils.data.get_worker_info() is None:
+            return []
+        new = list(self.errors.since(self._issues_sent))
+        self._issues_sent += len(new)
+        return new
 
 
 def collate(

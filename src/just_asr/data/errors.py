@@ -96,6 +96,7 @@ class ErrorCollector:
         self.log = log
         self._issues: list[DataIssue] = []
         self._seen: set[tuple[str | None, int | None, str]] = set()
+        self._num_skipped = 0
 
     # -- recording ------------------------------------------------------------------------------
     def report(
@@ -135,6 +136,7 @@ class ErrorCollector:
             return
         self._seen.add(key)
         self._issues.append(issue)
+        self._num_skipped += issue.action == "skipped"
         if self.log:
             logger.warning("%s", issue)
 
@@ -142,6 +144,11 @@ class ErrorCollector:
     @property
     def issues(self) -> list[DataIssue]:
         return list(self._issues)
+
+    def since(self, start: int) -> list[DataIssue]:
+        """The issues recorded after the first ``start`` (in the order they were recorded): what
+        is new since ``len(collector)`` was ``start``."""
+        return self._issues[start:]
 
     @property
     def skipped(self) -> list[DataIssue]:
@@ -153,7 +160,7 @@ class ErrorCollector:
 
     @property
     def num_skipped(self) -> int:
-        return len(self.skipped)
+        return self._num_skipped
 
     def __len__(self) -> int:
         return len(self._issues)
@@ -189,7 +196,11 @@ class ErrorCollector:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ErrorCollector":
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ErrorCollector":
+        """The collector :meth:`to_dict` described (not logging)."""
         out = cls(data.get("policy", "skip"), log=False)
         out.extend(DataIssue(**i) for i in data.get("issues", []))
         return out

@@ -23,13 +23,14 @@ resumed run draws the same masks as an uninterrupted one, whatever the number of
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch.utils.data
 
-from just_asr.data.dataset import AsrDataset, cut_source, cut_text
+from just_asr.data.dataset import AsrDataset, LeftOutBatch, cut_source, cut_text
 from just_asr.data.errors import DataError, ErrorCollector
 from just_asr.data.features import GlobalCMVN, check_feature_source, cut_num_frames
 from just_asr.data.sampling import LanguageStats, temperature_mux
@@ -153,13 +154,21 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 
 class SkipEmptyBatches(torch.utils.data.DataLoader):
-    """A ``DataLoader`` whose iterator drops the ``None`` items of its dataset: the batches an
-    :class:`~just_asr.data.dataset.AsrDataset` built with ``empty_batch="skip"`` found no usable
-    cut in (already reported to its error collector). Training takes the next batch of the stream
-    instead, on every rank alike (each rank fetches until it has a batch), so data-parallel ranks
-    stay in step; evaluation simply has one batch fewer.
+    """A ``DataLoader`` that drops the batches an :class:`~just_asr.data.dataset.AsrDataset` built
+    with ``empty_batch="skip"`` found no usable cut in (a
+    :class:`~just_asr.data.dataset.LeftOutBatch`, or ``None`` from another dataset; already
+    reported), and gathers the reports its workers make. Training takes the next batch of the
+    stream instead of a left-out one, on every rank alike (each rank fetches until it has a
+    batch), so data-parallel ranks stay in step; evaluation simply has one batch fewer.
+
+    Reports from workers: a worker's issues come with its batches (``data_issues``, see
+    :mod:`just_asr.data.dataset`); they are taken out of the batch, added to ``errors`` (the main
+    process's collector, ``loader.errors``) and logged there once. The workers' own copies of the
+    collector do not log (the same problem would be printed twice).
 
     Extra arguments (the rest are ``DataLoader``'s):
+        errors: the main process's collector (default: the dataset's ``errors`` if it has one,
+            else a new ``skip`` collector).
         max_empty_in_a_row: that many empty batches in a row raise
             :class:`~just_asr.data.errors.DataError` (an endless training stream over data none of
             which can be read would otherwise spin forever); ``None``: no limit (a finite pass).
@@ -168,16 +177,32 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
             other ranks wait in, and the run would hang instead of stopping).
     """
 
-    def __init__(self, *args, max_empty_in_a_row: int | None = 100, require_a_batch: bool = False, **kwargs):
+    def __init__(self, *args, errors: ErrorCollector | None = None, max_empty_in_a_row: int | None = 100,
+                 require_a_batch: bool = False, **kwargs):
+        kwargs["worker_init_fn"] = functools.partial(_quiet_worker_collectors, kwargs.get("worker_init_fn"))
         super().__init__(*args, **kwargs)
+        if errors is None:
+            errors = _dataset_errors(self.dataset)
+        if errors is None:  # (not ``or``: an empty collector is falsy)
+            errors = ErrorCollector("skip")
+        self.errors = errors
         self.max_empty_in_a_row = max_empty_in_a_row
         self.require_a_batch = require_a_batch
 
     def __iter__(self):
         empty = yielded = 0
         for batch in super().__iter__():
-            if batch is not None:
+            if isinstance(batch, dict):
+                issues = batch.pop("data_issues", None)
+                if issues:
+                    self.errors.extend(issues)
                 empty = 0
+                yielded += 1
+                yield batch
+                continue
+            if isinstance(batch, LeftOutBatch):
+                self.errors.extend(batch.data_issues)
+            elif batch is not None:
                 yielded += 1
                 yield batch
                 continue
@@ -188,6 +213,28 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
         if self.require_a_batch and yielded == 0:
             raise DataError(None, "no batch of this pass had a usable cut (see the reports above); with several "
                                   "ranks this one would leave the others waiting")
+
+
+def _dataset_errors(dataset) -> ErrorCollector | None:
+    """The error collector of ``dataset``, or of the dataset a wrapper (lhotse's
+    ``IterableDatasetWrapper``) holds as ``.dataset``; ``None`` when there is none."""
+    for obj in (dataset, getattr(dataset, "dataset", None)):
+        errors = getattr(obj, "errors", None)
+        if isinstance(errors, ErrorCollector):
+            return errors
+    return None
+
+
+def _quiet_worker_collectors(user_init, worker_id: int) -> None:
+    """``worker_init_fn`` of :class:`SkipEmptyBatches`: the worker's copy of the error collector
+    stops logging (its issues travel with the batches and are logged by the main process), then
+    the caller's own ``worker_init_fn``, if any, runs."""
+    info = torch.utils.data.get_worker_info()
+    errors = _dataset_errors(info.dataset) if info is not None else None
+    if errors is not None:
+        errors.log = False
+    if user_init is not None:
+        user_init(worker_id)
 
 
 class _StreamDataset(AsrDataset):
@@ -202,7 +249,7 @@ class _StreamDataset(AsrDataset):
             index, cuts = item
             self.reseed(self.seed * 1_000_003 + int(index) * 7_919 + 17)
             batch = super().__getitem__(cuts)
-            if batch is not None:
+            if isinstance(batch, dict):
                 batch["stream_index"] = int(index)
             return batch
         return super().__getitem__(item)
@@ -326,13 +373,13 @@ def make_train_dataloader(
     )
     loader = SkipEmptyBatches(
         dataset,
+        errors=errors,
         sampler=ResumableSampler(sampler),
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
     loader.language_mix = mix  # type: ignore[attr-defined]
-    loader.errors = errors  # type: ignore[attr-defined]
     return loader
 
 
@@ -430,6 +477,7 @@ def make_eval_dataloader(
     )
     loader = SkipEmptyBatches(
         dataset,
+        errors=errors,
         max_empty_in_a_row=None,  # a finite pass: report every batch (decode lists the cuts it lost)
         require_a_batch=world_size > 1,
         sampler=sampler,
@@ -437,5 +485,4 @@ def make_eval_dataloader(
         num_workers=num_workers,
         persistent_workers=False,
     )
-    loader.errors = errors  # type: ignore[attr-defined]
     return loader

@@ -632,7 +632,8 @@ def make_shar_train_dataloader(
     :class:`SharIndex` or the Shar folder. Each of the ``world_size`` ranks (and each DataLoader
     worker) reads its own shards, so ``rank``/``world_size`` must be the true distributed ones.
     Returns a DataLoader of batch dicts (docs/architecture.md) with ``loader.language_mix`` and
-    ``loader.errors`` (errors found in DataLoader workers are logged there).
+    ``loader.errors`` (the issues found in DataLoader workers, where the filters run here too,
+    come back with the batches and are gathered and logged there).
     """
     from lhotse import CutSet
     from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
@@ -679,12 +680,12 @@ def make_shar_train_dataloader(
                          min_frames=min_frames, empty_batch="skip")
     loader = SkipEmptyBatches(
         IterableDatasetWrapper(dataset, sampler),
+        errors=errors,
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
     loader.language_mix = mix  # type: ignore[attr-defined]
-    loader.errors = errors  # type: ignore[attr-defined]
     return loader
 
 

@@ -1,5 +1,5 @@
 """Training callbacks: Gumbel temperature annealing, codebook health, the non-finite guard, an EMA of
-the weights, and throughput/gradient-norm logging.
+the weights, throughput/gradient-norm logging, and the report of the input problems a run met.
 
 They talk to :class:`just_asr.train.module.JustLightningModule` through three attributes it sets in
 ``training_step``: ``last_metrics`` (dict of floats from ``LossOutput.metrics``, converted when first
@@ -9,9 +9,11 @@ read), ``last_loss``
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -303,3 +305,92 @@ class Throughput(pl.Callback):
         secs = float(info.get("audio_seconds", 0.0))
         if dt > 0 and secs > 0:
             pl_module.log("train/audio_sec_per_sec", secs / dt, on_step=True, on_epoch=False, batch_size=1, prog_bar=True)
+
+
+class DataIssueReport(pl.Callback):
+    """Count and list the input problems the run met (unreadable or too-short audio, transcripts the
+    tokenizer cannot spell, batches left without a usable cut): a corrupt recording is skipped and
+    reported when it is met (a warning), and the run also says at its end what it left out.
+
+    * ``data/skipped_items``: how many items of the training stream were left out so far (each
+      counted once, however often the endless stream meets it), logged with the step metrics;
+    * when training ends, or stops on an exception, a summary is printed and every issue is written
+      to ``<trainer.default_root_dir>/data_issues.json`` (``data_issues.rank<k>.json`` for each rank
+      under DDP), the training stream and the dev set apart (``{"train": {...}, "dev": {...}}``,
+      each in :meth:`~just_asr.data.errors.ErrorCollector.to_dict`'s form). A run resumed from a
+      checkpoint adds its issues to that file's; nothing is written when there was no problem.
+
+    It reads the DataModule's ``data_issues()`` (:class:`~just_asr.train.datamodule.JustDataModule`);
+    with another DataModule it does nothing. Issues found in DataLoader workers are included.
+
+    Args:
+        max_listed: issues listed one by one in the printed summary (the file has them all).
+    """
+
+    FILE_NAME = "data_issues.json"
+
+    def __init__(self, max_listed: int = 20) -> None:
+        super().__init__()
+        if max_listed < 0:
+            raise ValueError(f"data_issues.max_listed must be >= 0, got {max_listed}")
+        self.max_listed = int(max_listed)
+        self._written = False
+
+    @staticmethod
+    def _collectors(trainer: pl.Trainer) -> dict[str, Any]:
+        read = getattr(getattr(trainer, "datamodule", None), "data_issues", None)
+        return read() if callable(read) else {}
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        name = self.FILE_NAME if trainer.world_size == 1 else f"data_issues.rank{trainer.global_rank}.json"
+        return Path(trainer.default_root_dir) / name
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._written = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        train = self._collectors(trainer).get("train")
+        if train is not None:
+            queue_step_metric(pl_module, "data/skipped_items", float(train.num_skipped))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.write(trainer)
+
+    def write(self, trainer: pl.Trainer) -> Path | None:
+        """Print the summary and write the file (once per fit); returns its path, or ``None`` when
+        there was nothing to report."""
+        from just_asr.data.errors import ErrorCollector
+
+        if self._written:
+            return None
+        collectors = dict(self._collectors(trainer))
+        path = self.path(trainer)
+        if getattr(trainer, "ckpt_path", None) and path.is_file():  # a resumed run: add to the earlier list
+            try:
+                earlier = json.loads(path.read_text(encoding="utf-8"))
+                for name, data in earlier.items():
+                    merged = ErrorCollector.from_dict(data)
+                    if name in collectors:
+                        merged.extend(collectors[name].issues)
+                    collectors[name] = merged
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("%s: cannot read the earlier run's input problems (%s); writing this run's only", path, exc)
+                collectors = dict(self._collectors(trainer))
+        if not any(len(c) for c in collectors.values()):
+            return None
+        self._written = True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({k: c.to_dict() for k, c in collectors.items()}, indent=2, ensure_ascii=False) + "\n",
+                       encoding="utf-8")
+        tmp.replace(path)
+        who = f" (rank {trainer.global_rank})" if trainer.world_size > 1 else ""
+        lines = [f"just-asr fit{who}: input problems met by the data loaders (all of them in {path}):"]
+        for name, c in collectors.items():
+            if len(c):
+                lines.append(f"{name}: " + c.summary(max_items=self.max_listed).replace("\n", "\n  "))
+        print("\n".join(lines), flush=True)
+        return path

@@ -115,6 +115,7 @@ class JustDataModule(pl.LightningDataModule):
         self.langs = [l.iso for l in resolve_languages(langs)]
         self._tokenizer = None
         self._train_loader = None
+        self._val_loader = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -271,11 +272,24 @@ class JustDataModule(pl.LightningDataModule):
         world_size, rank = self._world()
         with warnings.catch_warnings():  # the dev set is small and read eagerly on purpose
             warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
-            return make_eval_dataloader(
+            self._val_loader = make_eval_dataloader(
                 self.dev_cuts(), self.tokenizer, max_duration=hp.eval_max_duration or hp.max_duration,
                 num_workers=hp.num_workers, world_size=world_size, rank=rank, cmvn=hp.cmvn,
                 feature_source=hp.feature_source, min_frames=self._min_frames(),
             )
+        return self._val_loader
+
+    def data_issues(self) -> dict[str, Any]:
+        """The input problems this process's loaders met so far, by stream: ``{"train": collector,
+        "dev": collector}`` (:class:`~just_asr.data.errors.ErrorCollector`; a stream whose loader was
+        not built is absent). Issues found in DataLoader workers are included (they come back with
+        the batches). Read by :class:`just_asr.train.callbacks.DataIssueReport`."""
+        out = {}
+        for name, loader in (("train", self._train_loader), ("dev", self._val_loader)):
+            errors = getattr(loader, "errors", None)
+            if errors is not None:
+                out[name] = errors
+        return out
 
     # ------------------------------------------------------------------ exact resume
     #: training batches the fit loop has taken from the stream (all ranks take the same number)
