@@ -406,12 +406,13 @@ def _touch_on_worker_start(where, worker_id):
     (Path(where) / f"worker{worker_id}").write_text("started")
 
 
-def test_reports_from_workers_reach_the_main_process_once(tmp_path, capfd):
+def test_reports_from_workers_reach_the_main_process_once(tmp_path, capfd, caplog):
     """Two DataLoader workers each meet a cut whose audio is gone: both problems end up in the
     main process's ``loader.errors`` (the old loaders left them in the worker), are printed once
     each (by the main process, not again by the worker), and the batches reach the caller without
-    the ``data_issues`` they carried. A ``worker_init_fn`` of the caller still runs."""
+    the ``data_issues`` they carried. A ``worker_init_fn`` set on the loader still runs."""
     import logging
+    import os
     import sys
     from functools import partial
 
@@ -432,8 +433,12 @@ def test_reports_from_workers_reach_the_main_process_once(tmp_path, capfd):
         # one cut per batch, so that both workers read one of the missing files
         dl = SkipEmptyBatches(AsrDataset(None, errors=ErrorCollector(), empty_batch="skip"),
                               sampler=SimpleCutSampler(cuts, max_cuts=1), batch_size=None, num_workers=2,
-                              max_empty_in_a_row=None, worker_init_fn=partial(_touch_on_worker_start, str(tmp_path)))
+                              max_empty_in_a_row=None)
         assert dl.errors is dl.dataset.errors
+        # the attribute stays the caller's (Lightning adds its worker seeding only where it is None),
+        # and one set after construction, as Lightning does, still runs in the workers
+        assert dl.worker_init_fn is None
+        dl.worker_init_fn = partial(_touch_on_worker_start, str(tmp_path))
         batches = list(dl)
     finally:
         logging.getLogger("just_asr").removeHandler(handler)
@@ -442,56 +447,68 @@ def test_reports_from_workers_reach_the_main_process_once(tmp_path, capfd):
     assert all("data_issues" not in b for b in batches)
     for g in gone:
         assert [i for i in dl.errors.skipped if i.path == str(spec.paths[g])], (g, dl.errors.issues)
+        # once on fd 2, and that once is the main process's record (so no worker printed it)
         assert err.count(f"{g}.flac: audio file not found") == 1, err
+        assert [r.process for r in caplog.records if f"{g}.flac: audio file not found" in r.getMessage()] == [os.getpid()]
         assert err.count(f"batch of 1 was unusable; see the warnings above (cuts {g})") == 1, err
     assert dl.errors.num_skipped == 4  # two files, two left-out batches
+    # a second pass forks new workers from a main process that knows these issues: nothing is sent again
+    received = []
+    extend = dl.errors.extend
+    dl.errors.extend = lambda issues: (received.extend(issues), extend(issues))
+    assert len(list(dl)) == len(batches) and received == [] and dl.errors.num_skipped == 4
     assert (tmp_path / "worker0").is_file() and (tmp_path / "worker1").is_file()
 
 
-def test_data_issue_report_file(tmp_path, capsys, caplog):
-    """``DataIssueReport.write``: nothing without a problem; the file and the printed summary
-    otherwise (once per fit); one file per rank under DDP; a resumed run merges with the earlier
-    file, and an unreadable earlier file is named in a warning and replaced by this run's list."""
+def test_data_issue_report_file(tmp_path, capsys):
+    """``DataIssueReport``: the file with empty lists and no summary without a problem; the file and
+    the printed summary otherwise; the list survives a checkpoint (state_dict round trip, each issue
+    once when met again); one file per rank under DDP."""
     from types import SimpleNamespace
 
     from just_asr.train.callbacks import DataIssueReport
 
     train, dev = ErrorCollector(log=False), ErrorCollector(log=False)
     dm = SimpleNamespace(data_issues=lambda: {"train": train, "dev": dev})
-    trainer = SimpleNamespace(datamodule=dm, world_size=1, global_rank=0, default_root_dir=str(tmp_path), ckpt_path=None)
+    trainer = SimpleNamespace(datamodule=dm, world_size=1, global_rank=0, default_root_dir=str(tmp_path))
     cb = DataIssueReport(max_listed=1)
-    assert cb.write(trainer) is None and not (tmp_path / "data_issues.json").exists()
+    cb.setup(trainer, None, "fit")
+    path = cb.write(trainer)
+    assert path == tmp_path / "data_issues.json"
+    assert json.loads(path.read_text())["train"]["issues"] == [] and capsys.readouterr().out == ""
     train.report("/a.flac", "audio file not found")
     train.report("/b.flac", "corrupt or truncated audio")
     dev.warn("/c.flac", "22050 Hz, resampled")
-    path = cb.write(trainer)
-    assert path == tmp_path / "data_issues.json"
+    cb.write(trainer)
     data = json.loads(path.read_text())
     assert data["train"]["num_skipped"] == 2 and data["dev"]["num_kept_with_notice"] == 1
     assert [i["path"] for i in data["train"]["issues"]] == ["/a.flac", "/b.flac"]
     out = capsys.readouterr().out
     assert str(path) in out and "train: 2 item(s) skipped" in out and "/a.flac: audio file not found" in out
     assert "/b.flac" not in out and "... and 1 more" in out  # max_listed=1
-    assert cb.write(trainer) is None  # once per fit
     with pytest.raises(ValueError, match="max_listed must be >= 0"):
         DataIssueReport(max_listed=-1)
 
-    # resumed: earlier issues are kept, this run's added once
-    resumed = SimpleNamespace(**{**vars(trainer), "ckpt_path": "last.ckpt"})
+    # a resumed run: the checkpoint's list first, then this run's new issues (each once)
+    state = cb.state_dict()
     train2 = ErrorCollector(log=False)
     train2.report("/b.flac", "corrupt or truncated audio")
     train2.report("/d.flac", "empty file (0 bytes)")
-    resumed.datamodule = SimpleNamespace(data_issues=lambda: {"train": train2})
-    DataIssueReport().write(resumed)
-    data = json.loads(path.read_text())
-    assert [i["path"] for i in data["train"]["issues"]] == ["/a.flac", "/b.flac", "/d.flac"]
-    assert [i["path"] for i in data["dev"]["issues"]] == ["/c.flac"]
-    path.write_text("{not json")
-    DataIssueReport().write(resumed)
-    assert "cannot read the earlier run's input problems" in caplog.text and str(path) in caplog.text
-    assert [i["path"] for i in json.loads(path.read_text())["train"]["issues"]] == ["/b.flac", "/d.flac"]
+    resumed = SimpleNamespace(**{**vars(trainer), "datamodule": SimpleNamespace(data_issues=lambda: {"train": train2})})
+    cb2 = DataIssueReport()
+    cb2.load_state_dict(json.loads(json.dumps(state)))  # plain types only
+    cb2.setup(resumed, None, "fit")
+    merged = cb2.merged()
+    assert [i.path for i in merged["train"].issues] == ["/a.flac", "/b.flac", "/d.flac"]
+    assert merged["train"].num_skipped == 3 and [i.path for i in merged["dev"].issues] == ["/c.flac"]
+    module = SimpleNamespace(step_metric_queue={})
+    cb2.on_train_batch_end(resumed, module, None, None, 0)
+    assert module.step_metric_queue["data/skipped_items"][0] == 3.0
+    cb2.write(resumed, announce=False)
+    assert [i["path"] for i in json.loads(path.read_text())["train"]["issues"]] == ["/a.flac", "/b.flac", "/d.flac"]
+    assert capsys.readouterr().out == ""
 
     # DDP: a file per rank
     ranked = SimpleNamespace(**{**vars(trainer), "world_size": 2, "global_rank": 1})
-    assert DataIssueReport().write(ranked) == tmp_path / "data_issues.rank1.json"
+    assert cb.write(ranked) == tmp_path / "data_issues.rank1.json"
     assert "(rank 1)" in capsys.readouterr().out

@@ -169,7 +169,8 @@ def test_fit_with_a_worker_lists_what_it_left_out(tmp_path, capsys):
     """Audio removed after ``prepare-mls`` (one training and one dev utterance), ``fit`` with a
     DataLoader worker: the run finishes, prints what it left out, writes every issue to
     ``<root>/data_issues.json`` (train and dev apart; the worker's reports used to stay in the
-    worker), and logs ``data/skipped_items`` to TensorBoard. A resumed run keeps the earlier list."""
+    worker), and logs ``data/skipped_items`` to TensorBoard. The list is in the checkpoint: a run
+    resumed after the files came back still lists (and counts) what the first run left out."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from just_asr.data.mls import prepare_mls
@@ -179,8 +180,9 @@ def test_fit_with_a_worker_lists_what_it_left_out(tmp_path, capsys):
     out = tmp_path / "manifests"
     prepare_mls(tmp_path / "corpus", out, progress=False)
     gone_train, gone_dev = spec.ids[("pl", "train")][2], spec.ids[("pl", "dev")][0]
-    spec.paths[gone_train].unlink()
-    spec.paths[gone_dev].unlink()
+    saved = {u: spec.paths[u].read_bytes() for u in (gone_train, gone_dev)}
+    for u in saved:
+        spec.paths[u].unlink()
     tok = train_tokenizer({"pl": list(spec.texts.values())}, tmp_path / "tok", vocab_size=100)
     root = tmp_path / "exp"
 
@@ -201,6 +203,15 @@ def test_fit_with_a_worker_lists_what_it_left_out(tmp_path, capsys):
         finally:
             torch.set_num_threads(threads)
 
+    def skipped_items() -> list[float]:
+        values = []
+        for f in sorted((root / "lightning_logs").glob("*")):
+            ea = EventAccumulator(str(f))
+            ea.Reload()
+            if "data/skipped_items" in ea.Tags()["scalars"]:
+                values += [e.value for e in ea.Scalars("data/skipped_items")]
+        return values
+
     assert fit(8) == 0
     printed = capsys.readouterr().out
     report = json.loads((root / "data_issues.json").read_text())
@@ -210,19 +221,20 @@ def test_fit_with_a_worker_lists_what_it_left_out(tmp_path, capsys):
     assert all("audio file not found" in i["problem"] or "the batch is left out" in i["problem"]
                for part in report.values() for i in part["issues"])
     assert "input problems met by the data loaders" in printed and f"{gone_train}.flac: audio file not found" in printed
-    values = []
-    for f in (root / "lightning_logs").glob("*"):
-        ea = EventAccumulator(str(f))
-        ea.Reload()
-        if "data/skipped_items" in ea.Tags()["scalars"]:
-            values += [e.value for e in ea.Scalars("data/skipped_items")]
+    values = skipped_items()
     assert values and values == sorted(values) and values[-1] == report["train"]["num_skipped"]
 
-    # a resumed run adds to the earlier list (an issue only the first run met is kept)
-    earlier = {"path": "/elsewhere/old.flac", "problem": "met before the resume", "line": None, "action": "skipped"}
-    report["train"]["issues"].append(earlier)
-    (root / "data_issues.json").write_text(json.dumps(report))
+    # the files come back; the resumed run meets no problem but keeps the first run's list
+    for u, data in saved.items():
+        spec.paths[u].write_bytes(data)
     assert fit(10, "--resume") == 0
     again = json.loads((root / "data_issues.json").read_text())
-    assert earlier in again["train"]["issues"]
-    assert str(spec.paths[gone_dev]) in [i["path"] for i in again["dev"]["issues"]]
+    assert again == report
+    assert skipped_items()[-1] == report["train"]["num_skipped"]
+    # a fresh run in another folder with every file readable: empty lists, nothing printed
+    capsys.readouterr()
+    root = tmp_path / "exp2"
+    assert fit(2) == 0
+    assert json.loads((root / "data_issues.json").read_text()) == {
+        part: {"policy": "skip", "num_skipped": 0, "num_kept_with_notice": 0, "issues": []} for part in ("train", "dev")}
+    assert "input problems" not in capsys.readouterr().out

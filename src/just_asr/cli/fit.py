@@ -15,8 +15,9 @@ Besides Lightning's ``model``/``data``/``trainer``/``seed_everything`` groups th
   ``periodic_checkpoint``: every ``every_n_train_steps`` steps, keeps the latest ``save_top_k`` step
   checkpoints (for ``export --average-last N``) and ``last.ckpt`` (also written when training ends);
 * ``gumbel``, ``codebook_health``, ``nonfinite_guard``, ``ema``, ``throughput``, ``data_issues``: the
-  callbacks of :mod:`just_asr.train.callbacks` (``data_issues`` writes
-  ``<trainer.default_root_dir>/data_issues.json`` when the data loaders left anything out);
+  callbacks of :mod:`just_asr.train.callbacks` (``data_issues`` lists the input problems the data
+  loaders met in ``<trainer.default_root_dir>/data_issues.json``, one ``data_issues.rank<k>.json``
+  per rank under DDP);
 * ``--ckpt_path PATH|last`` and ``--resume`` (= ``--ckpt_path last``): resume training;
 * ``--init-from PATH``: alias of ``--model.init_from`` (initialise matching weights).
 

@@ -207,7 +207,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.errors.report(cut_source(cut), problem)
         return None, False
 
-    def __getitem__(self, cuts: "CutSet") -> dict | None:
+    def __getitem__(self, cuts: "CutSet") -> "dict | LeftOutBatch":
         feats: list[torch.Tensor] = []
         ids: list[list[int] | None] = []
         langs: list[str] = []

@@ -164,7 +164,9 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
     Reports from workers: a worker's issues come with its batches (``data_issues``, see
     :mod:`just_asr.data.dataset`); they are taken out of the batch, added to ``errors`` (the main
     process's collector, ``loader.errors``) and logged there once. The workers' own copies of the
-    collector do not log (the same problem would be printed twice).
+    collector do not log (the same problem would be printed twice) and send only what they record
+    themselves. This is set up in each worker before the ``worker_init_fn`` of the loader runs; that
+    attribute itself is left alone, so Lightning still adds its worker seeding when it is ``None``.
 
     Extra arguments (the rest are ``DataLoader``'s):
         errors: the main process's collector (default: the dataset's ``errors`` if it has one,
@@ -179,7 +181,6 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
 
     def __init__(self, *args, errors: ErrorCollector | None = None, max_empty_in_a_row: int | None = 100,
                  require_a_batch: bool = False, **kwargs):
-        kwargs["worker_init_fn"] = functools.partial(_quiet_worker_collectors, kwargs.get("worker_init_fn"))
         super().__init__(*args, **kwargs)
         if errors is None:
             errors = _dataset_errors(self.dataset)
@@ -188,6 +189,16 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
         self.errors = errors
         self.max_empty_in_a_row = max_empty_in_a_row
         self.require_a_batch = require_a_batch
+
+    def _get_iterator(self):
+        # the workers start from the iterator made here: they get the reporting set-up, then the
+        # loader's own worker_init_fn (whatever it is by now: Lightning sets its seeding just before)
+        own = self.worker_init_fn
+        self.worker_init_fn = functools.partial(_quiet_worker_collectors, own)
+        try:
+            return super()._get_iterator()
+        finally:
+            self.worker_init_fn = own
 
     def __iter__(self):
         empty = yielded = 0
@@ -215,26 +226,34 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
                                   "ranks this one would leave the others waiting")
 
 
-def _dataset_errors(dataset) -> ErrorCollector | None:
-    """The error collector of ``dataset``, or of the dataset a wrapper (lhotse's
-    ``IterableDatasetWrapper``) holds as ``.dataset``; ``None`` when there is none."""
+def _reporting_dataset(dataset):
+    """``dataset`` if it has an error collector (``.errors``), else the dataset a wrapper (lhotse's
+    ``IterableDatasetWrapper``) holds as ``.dataset`` if that one has; ``None`` otherwise."""
     for obj in (dataset, getattr(dataset, "dataset", None)):
-        errors = getattr(obj, "errors", None)
-        if isinstance(errors, ErrorCollector):
-            return errors
+        if isinstance(getattr(obj, "errors", None), ErrorCollector):
+            return obj
     return None
 
 
-def _quiet_worker_collectors(user_init, worker_id: int) -> None:
-    """``worker_init_fn`` of :class:`SkipEmptyBatches`: the worker's copy of the error collector
-    stops logging (its issues travel with the batches and are logged by the main process), then
-    the caller's own ``worker_init_fn``, if any, runs."""
+def _dataset_errors(dataset) -> ErrorCollector | None:
+    """The error collector of ``dataset`` (or of the dataset it wraps), ``None`` when there is none."""
+    obj = _reporting_dataset(dataset)
+    return None if obj is None else obj.errors
+
+
+def _quiet_worker_collectors(own_init, worker_id: int) -> None:
+    """Run first in each worker of a :class:`SkipEmptyBatches`: the worker's copy of the error
+    collector stops logging (its issues travel with the batches and are logged by the main process)
+    and the dataset marks the issues the copy already holds (the main process's, copied with it) as
+    sent; then the loader's own ``worker_init_fn``, if any, runs."""
     info = torch.utils.data.get_worker_info()
-    errors = _dataset_errors(info.dataset) if info is not None else None
-    if errors is not None:
-        errors.log = False
-    if user_init is not None:
-        user_init(worker_id)
+    obj = _reporting_dataset(info.dataset) if info is not None else None
+    if obj is not None:
+        obj.errors.log = False
+        if hasattr(obj, "_issues_sent"):
+            obj._issues_sent = len(obj.errors)
+    if own_init is not None:
+        own_init(worker_id)
 
 
 class _StreamDataset(AsrDataset):
@@ -244,7 +263,7 @@ class _StreamDataset(AsrDataset):
     batch also carries ``stream_index`` (an int: ``index``), from which the DataModule counts the
     batches consumed, batches left out as unusable included."""
 
-    def __getitem__(self, item) -> dict | None:
+    def __getitem__(self, item) -> "dict | LeftOutBatch":
         if isinstance(item, tuple):
             index, cuts = item
             self.reseed(self.seed * 1_000_003 + int(index) * 7_919 + 17)

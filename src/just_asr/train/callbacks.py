@@ -310,18 +310,26 @@ class Throughput(pl.Callback):
 class DataIssueReport(pl.Callback):
     """Count and list the input problems the run met (unreadable or too-short audio, transcripts the
     tokenizer cannot spell, batches left without a usable cut): a corrupt recording is skipped and
-    reported when it is met (a warning), and the run also says at its end what it left out.
+    reported when it is met (a warning), and the run also keeps the list and says at its end what it
+    left out.
 
-    * ``data/skipped_items``: how many items of the training stream were left out so far (each
-      counted once, however often the endless stream meets it), logged with the step metrics;
-    * when training ends, or stops on an exception, a summary is printed and every issue is written
-      to ``<trainer.default_root_dir>/data_issues.json`` (``data_issues.rank<k>.json`` for each rank
-      under DDP), the training stream and the dev set apart (``{"train": {...}, "dev": {...}}``,
-      each in :meth:`~just_asr.data.errors.ErrorCollector.to_dict`'s form). A run resumed from a
-      checkpoint adds its issues to that file's; nothing is written when there was no problem.
+    * ``data/skipped_items``: the items of the training stream left out so far, logged with the step
+      metrics. Each is counted once however often the endless stream meets it; a batch left without
+      a usable cut counts as an item of its own (one unreadable cut alone in its batch counts twice:
+      the file and the batch). Under DDP the logged value is rank 0's.
+    * ``<trainer.default_root_dir>/data_issues.json`` (``data_issues.rank<k>.json`` for each rank
+      under DDP): every issue, the training stream and the dev set apart (``{"train": {...}, "dev":
+      {...}}``, each in :meth:`~just_asr.data.errors.ErrorCollector.to_dict`'s form; empty lists
+      when there was no problem). Rewritten at every checkpoint and when training ends or stops on
+      an exception; at the end a summary is also printed when there was a problem.
+    * The list is part of the checkpoint (this callback's state), so a resumed run, even after a
+      ``kill -9``, goes on with it: the problems met before the checkpoint stay listed and counted
+      although exact resume does not read those batches again. Under DDP the checkpoint holds rank
+      0's list (each rank's file has its own).
 
     It reads the DataModule's ``data_issues()`` (:class:`~just_asr.train.datamodule.JustDataModule`);
-    with another DataModule it does nothing. Issues found in DataLoader workers are included.
+    with another DataModule only the issues restored from a checkpoint are kept. Issues found in
+    DataLoader workers are included.
 
     Args:
         max_listed: issues listed one by one in the printed summary (the file has them all).
@@ -334,24 +342,55 @@ class DataIssueReport(pl.Callback):
         if max_listed < 0:
             raise ValueError(f"data_issues.max_listed must be >= 0, got {max_listed}")
         self.max_listed = int(max_listed)
-        self._written = False
+        self._trainer: pl.Trainer | None = None
+        self._earlier: dict[str, Any] = {}  # name -> ErrorCollector restored from a checkpoint
+        self._count: tuple[int, float] = (-1, 0.0)  # (issues seen, merged skipped count) for the metric
 
+    # ------------------------------------------------------------------ what the run met
     @staticmethod
-    def _collectors(trainer: pl.Trainer) -> dict[str, Any]:
+    def _live(trainer: pl.Trainer | None) -> dict[str, Any]:
         read = getattr(getattr(trainer, "datamodule", None), "data_issues", None)
         return read() if callable(read) else {}
+
+    def merged(self, trainer: pl.Trainer | None = None) -> dict[str, Any]:
+        """``{"train": ErrorCollector, "dev": ...}``: the issues restored from the checkpoint followed
+        by this run's (each once)."""
+        from just_asr.data.errors import ErrorCollector
+
+        out: dict[str, Any] = {}
+        live = self._live(trainer if trainer is not None else self._trainer)
+        for name in ("train", "dev", *sorted((set(self._earlier) | set(live)) - {"train", "dev"})):
+            c = ErrorCollector(log=False)
+            for part in (self._earlier.get(name), live.get(name)):
+                if part is not None:
+                    c.extend(part.issues)
+            out[name] = c
+        return out
 
     def path(self, trainer: pl.Trainer) -> Path:
         name = self.FILE_NAME if trainer.world_size == 1 else f"data_issues.rank{trainer.global_rank}.json"
         return Path(trainer.default_root_dir) / name
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._written = False
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        train = self._collectors(trainer).get("train")
-        if train is not None:
-            queue_step_metric(pl_module, "data/skipped_items", float(train.num_skipped))
+        live = self._live(trainer).get("train")
+        if live is None:
+            return
+        earlier = self._earlier.get("train")
+        seen = len(live)
+        if seen != self._count[0]:  # recount only when something new was reported
+            if earlier is None or not len(earlier):
+                value = float(live.num_skipped)
+            else:
+                value = float(self.merged(trainer)["train"].num_skipped)
+            self._count = (seen, value)
+        queue_step_metric(pl_module, "data/skipped_items", self._count[1])
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.write(trainer, announce=False)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer)
@@ -359,38 +398,31 @@ class DataIssueReport(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.write(trainer)
 
-    def write(self, trainer: pl.Trainer) -> Path | None:
-        """Print the summary and write the file (once per fit); returns its path, or ``None`` when
-        there was nothing to report."""
+    def state_dict(self) -> dict[str, Any]:
+        return {"issues": {name: c.to_dict() for name, c in self.merged().items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         from just_asr.data.errors import ErrorCollector
 
-        if self._written:
-            return None
-        collectors = dict(self._collectors(trainer))
+        self._earlier = {name: ErrorCollector.from_dict(data) for name, data in state_dict.get("issues", {}).items()}
+        self._count = (-1, 0.0)
+
+    # ------------------------------------------------------------------ the report
+    def write(self, trainer: pl.Trainer, announce: bool = True) -> Path:
+        """Write the file (atomically) and, with ``announce`` and any issue, print the summary;
+        returns the file's path."""
+        collectors = self.merged(trainer)
         path = self.path(trainer)
-        if getattr(trainer, "ckpt_path", None) and path.is_file():  # a resumed run: add to the earlier list
-            try:
-                earlier = json.loads(path.read_text(encoding="utf-8"))
-                for name, data in earlier.items():
-                    merged = ErrorCollector.from_dict(data)
-                    if name in collectors:
-                        merged.extend(collectors[name].issues)
-                    collectors[name] = merged
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
-                log.warning("%s: cannot read the earlier run's input problems (%s); writing this run's only", path, exc)
-                collectors = dict(self._collectors(trainer))
-        if not any(len(c) for c in collectors.values()):
-            return None
-        self._written = True
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({k: c.to_dict() for k, c in collectors.items()}, indent=2, ensure_ascii=False) + "\n",
                        encoding="utf-8")
         tmp.replace(path)
-        who = f" (rank {trainer.global_rank})" if trainer.world_size > 1 else ""
-        lines = [f"just-asr fit{who}: input problems met by the data loaders (all of them in {path}):"]
-        for name, c in collectors.items():
-            if len(c):
-                lines.append(f"{name}: " + c.summary(max_items=self.max_listed).replace("\n", "\n  "))
-        print("\n".join(lines), flush=True)
+        if announce and any(len(c) for c in collectors.values()):
+            who = f" (rank {trainer.global_rank})" if trainer.world_size > 1 else ""
+            lines = [f"just-asr fit{who}: input problems met by the data loaders (all of them in {path}):"]
+            for name, c in collectors.items():
+                if len(c):
+                    lines.append(f"{name}: " + c.summary(max_items=self.max_listed).replace("\n", "\n  "))
+            print("\n".join(lines), flush=True)
         return path
