@@ -212,6 +212,22 @@ def test_cli_prepare_untranscribed_skips_bad_files(tmp_path, capsys):
     ]
     rc = main(["prepare-untranscribed", str(audio), str(tmp_path / "out2"), "--quiet", "--on-error", "fail"])
     assert rc == 1
+    # windows shorter than --min-duration would all be left out: refused before reading anything
+    capsys.readouterr()
+    rc = main(["prepare-untranscribed", str(audio), str(tmp_path / "out3"), "--quiet", "--window", "0.3"])
+    assert rc == 1 and "window (0.3 s) is shorter than min_duration (0.5 s)" in capsys.readouterr().err
+    for bad in (["--window", "nan"], ["--window", "inf"], ["--min-duration", "nan"], ["--min-duration", "-1"]):
+        assert main(["prepare-untranscribed", str(audio), str(tmp_path / "out3"), "--quiet", *bad]) == 1, bad
+        assert "must be a finite number of seconds" in capsys.readouterr().err, bad
+    # a folder none of whose files is usable: the report is written, and the exit status says it failed
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "broken.flac").write_bytes(b"\x00" * 100)
+    (only_bad / "empty.wav").write_bytes(b"")
+    rc = main(["prepare-untranscribed", str(only_bad), str(tmp_path / "out4"), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "no usable audio, every file was left out" in captured.err
+    assert "2 item(s) skipped" in captured.out and (tmp_path / "out4" / "prepare_errors.json").is_file()
 
 
 def test_unreadable_manifests_are_named_lazily_and_eagerly(tmp_path):
@@ -229,10 +245,21 @@ def test_unreadable_manifests_are_named_lazily_and_eagerly(tmp_path):
     manifest_path(bad_dir, "pl", "cuts", "dev").write_bytes(data[: len(data) // 2])
     with gzip.open(manifest_path(bad_dir, "pl", "cuts", "test"), "wt") as f:
         f.write("")
-    for split, problem in [("train", "JSONDecodeError"), ("dev", "EOFError")]:
+    for split, problem in [("train", "at line 4 \\(JSONDecodeError"), ("dev", "(at line \\d+ )?\\(EOFError")]:
         for lazy in (True, False):
-            with pytest.raises(ValueError, match=rf"mls-pl_cuts_{split}\.jsonl\.gz: unreadable cut manifest \({problem}"):
+            with pytest.raises(ValueError, match=rf"mls-pl_cuts_{split}\.jsonl\.gz: unreadable cut manifest {problem}"):
                 list(load_manifests(bad_dir, "pl", split, lazy=lazy))
+    # the recordings and supervisions manifests prepare-mls writes beside the cuts: said so, lazily and eagerly
+    from just_asr.data.loader import read_cut_manifests
+
+    for kind in ("recordings", "supervisions"):
+        other = manifest_path(tmp_path / "out", "pl", kind, "train")
+        manifest_path(bad_dir, "pl", "cuts", "train-1hr").write_bytes(other.read_bytes())
+        for lazy in (True, False):
+            with pytest.raises(ValueError, match=rf"train-1hr\.jsonl\.gz: not a cut manifest \(it holds {kind}"):
+                list(load_manifests(bad_dir, "pl", "train-1hr", lazy=lazy))
+        with pytest.raises(ValueError, match=rf"{kind}_train\.jsonl\.gz: not a cut manifest \(it holds {kind}"):
+            read_cut_manifests([other])
     assert len(load_manifests(bad_dir, "pl", "test", lazy=False)) == 0
     assert list(load_manifests(bad_dir, "pl", "test")) == []
     lazy = load_manifests(tmp_path / "out", "pl", "train")

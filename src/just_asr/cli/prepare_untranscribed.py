@@ -58,4 +58,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{len(cuts)} untranscribed cuts, {sum(c.duration for c in cuts) / 3600:.2f} h")
     finish(errors, args.out_dir, ERRORS_FILE)
+    if len(cuts) == 0:
+        print(f"error: {args.audio_dir}: no usable audio, every file was left out (see the problem report)",
+              file=sys.stderr)
+        return 1
     return 0

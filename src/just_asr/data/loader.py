@@ -410,6 +410,7 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
     two manifests share (naming both), and when ``paths`` is empty.
     """
     from lhotse import CutSet
+    from lhotse.cut import Cut
 
     if not paths:
         raise ValueError("no cut manifests given")
@@ -426,6 +427,11 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
             ids = [c.id for c in cuts]  # some bad lines only fail here
         except Exception as exc:  # lhotse raises many types for a bad manifest
             raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
+        other = next((c for c in cuts if not isinstance(c, Cut)), None)
+        if other is not None:  # lhotse reads a recordings manifest into a "CutSet" of recordings
+            kind = {"Recording": "recordings", "SupervisionSegment": "supervisions"}.get(type(other).__name__,
+                                                                                           type(other).__name__)
+            raise ValueError(f"{path}: not a cut manifest (it holds {kind}; pass the *_cuts_*.jsonl.gz manifests)")
         if not ids:
             logger.warning("%s: the cut manifest holds no cuts", path)
         for cid in ids:

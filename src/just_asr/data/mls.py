@@ -86,8 +86,11 @@ class NamedLazyManifest:
     """A lazily read lhotse manifest (what ``CutSet.from_jsonl_lazy`` wraps) whose read errors name
     the file: a bad line or a truncated ``.gz`` surfaces only when the stream reaches it, deep in
     a sampler, where lhotse's own error (``JSONDecodeError``, ``EOFError``...) says nothing of
-    which file. Raises ``ValueError("<path>: <problem> (<lhotse's error>)")`` instead; ``problem``
-    defaults to "unreadable cut manifest"."""
+    which file. Raises ``ValueError("<path>: <problem> at line <n> (<lhotse's error>)")`` instead
+    (lhotse decodes one line at a time, so its own "line 1" means the n-th); ``problem`` defaults
+    to "unreadable cut manifest". A manifest of something else than cuts (a recordings or
+    supervisions manifest, which ``prepare-mls`` writes beside the cuts and a glob such as
+    ``mls-pl_*.jsonl.gz`` picks up) raises ``ValueError`` saying what it holds."""
 
     def __init__(self, path: str | Path, problem: str = "unreadable cut manifest") -> None:
         from lhotse.lazy import LazyManifestIterator
@@ -96,18 +99,28 @@ class NamedLazyManifest:
         self.problem = problem
         self._inner = LazyManifestIterator(path)
 
-    def _error(self, exc: Exception) -> ValueError:
-        return ValueError(f"{self.path}: {self.problem} ({type(exc).__name__}: {exc})")
+    def _error(self, exc: Exception, line: int | None = None) -> ValueError:
+        where = f" at line {line}" if line is not None else ""
+        return ValueError(f"{self.path}: {self.problem}{where} ({type(exc).__name__}: {exc})")
 
     def __iter__(self):
+        from lhotse.cut import Cut
+
         it = iter(self._inner)
+        line = 0
         while True:
+            line += 1
             try:
                 item = next(it)
             except StopIteration:
                 return
             except Exception as exc:  # lhotse raises many types for a bad manifest
-                raise self._error(exc) from None
+                raise self._error(exc, line) from None
+            if not isinstance(item, Cut):
+                kind = {"Recording": "recordings", "SupervisionSegment": "supervisions",
+                        "Features": "features"}.get(type(item).__name__, type(item).__name__)
+                raise ValueError(f"{self.path}: not a cut manifest (it holds {kind}; pass the *_cuts_*.jsonl.gz "
+                                 "manifests)")
             yield item
 
     def __len__(self) -> int:
