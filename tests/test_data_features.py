@@ -108,6 +108,15 @@ def test_lilcom_precomputed_features(small_cuts, tmp_path):
     assert torch.equal(b1["feature_lens"], b2["feature_lens"])
     with pytest.raises(ValueError, match="no precomputed features"):
         cut_features(cuts[0], "precomputed")
+    # stored features that cannot be read: one line naming the storage, not lhotse's repr of the cut
+    from dataclasses import replace
+
+    gone = replace(stored[0], features=replace(stored[0].features, storage_path=str(tmp_path / "moved")))
+    with pytest.raises(ValueError) as info:
+        cut_features(gone, "precomputed")
+    message = str(info.value)
+    assert "\n" not in message and f"cut {gone.id}: cannot read stored features ({tmp_path / 'moved'}, key " in message
+    assert "MonoCut(" not in message
 
 
 def test_parallel_feature_extraction_equals_serial(small_cuts, tmp_path, monkeypatch):
@@ -203,6 +212,12 @@ def test_global_cmvn(small_cuts, tmp_path, capsys):
     ]:
         assert main(["compute-cmvn", *argv, "--out", str(tmp_path / "x.json")]) == 1
         assert message in capsys.readouterr().err
+    # an input that contributes nothing is named
+    (tmp_path / "empty_cuts.jsonl").write_text("")
+    assert main(["compute-cmvn", str(root / "out" / "mls-pl_cuts_train.jsonl.gz"), str(tmp_path / "empty_cuts.jsonl"),
+                 "--out", str(tmp_path / "y.json")]) == 0
+    err = capsys.readouterr().err
+    assert "empty_cuts.jsonl: the cut manifest holds no cuts" in err and "mls-pl_cuts_train" not in err
 
 
 def _batch(lens, t=120, f=80, seed=0):

@@ -38,15 +38,25 @@ def run(args: argparse.Namespace) -> int:
         if args.max_cuts is not None and args.max_cuts < 1:
             raise ValueError(f"--max-cuts must be >= 1, got {args.max_cuts}")
         streams = []
+        counts = dict.fromkeys(args.cuts, 0)
+
+        def counted(path, cuts):
+            for cut in cuts:
+                counts[path] += 1
+                yield cut
+
         for path in args.cuts:
             if not Path(path).is_file():
                 raise ValueError(f"{path}: cut manifest not found")
             cs = CutSet(NamedLazyManifest(path, problem="not a lhotse cut manifest"))  # errors name the file
-            streams.append(itertools.islice(cs, args.max_cuts) if args.max_cuts is not None else cs)
+            streams.append(counted(path, itertools.islice(cs, args.max_cuts) if args.max_cuts is not None else cs))
         stats = GlobalCMVN.from_cuts(itertools.chain(*streams), source=args.features, errors=errors, progress=True)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for path, n in counts.items():
+        if n == 0:
+            print(f"warning: {path}: the cut manifest holds no cuts; nothing was taken from it", file=sys.stderr)
     path = stats.save(args.out)
     print(f"CMVN over {stats.count} frames written to {path}")
     if len(errors):
