@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import wordfreq
@@ -129,7 +130,7 @@ def test_bad_model_files(tmp_path):
         Tokenizer(tmp_path / "plain.model")
 
 
-def test_cli_from_cuts_and_text(tmp_path, capsys):
+def test_cli_from_cuts_and_text(tmp_path, capsys, caplog):
     from just_asr.cli.main import main
     from just_asr.data.mls import prepare_mls
 
@@ -163,3 +164,21 @@ def test_cli_from_cuts_and_text(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     assert main(["train-tokenizer", f"fr:{extra}", "--vocab-size", "50", "--out", str(tmp_path / "afile" / "t")]) == 1
     assert str(tmp_path / "afile") in capsys.readouterr().err
+    # --max-chars below 1, and a vocabulary too small for the alphabet: said plainly
+    for bad in ("0", "-5"):
+        assert main(["train-tokenizer", f"fr:{extra}", "--vocab-size", "120", "--max-chars", bad,
+                     "--out", str(tmp_path / "t4")]) == 1
+        assert f"max_chars must be >= 1, got {bad}" in capsys.readouterr().err
+    assert main(["train-tokenizer", f"fr:{extra}", "--vocab-size", "20", "--out", str(tmp_path / "t5")]) == 1
+    err = capsys.readouterr().err
+    assert "a vocabulary of 20 units is too small" in err and "raise --vocab-size to at least" in err
+    assert "character_coverage" not in err
+    # inputs that hold no text are named (the others still train the tokenizer)
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "empty_cuts.jsonl").write_text("")
+    with caplog.at_level(logging.WARNING):
+        assert main(["train-tokenizer", f"fr:{extra}", f"pl:{tmp_path / 'empty.txt'}", str(tmp_path / "empty_cuts.jsonl"),
+                     "--vocab-size", "120", "--out", str(tmp_path / "t6")]) == 0
+    assert "empty.txt: the text file holds no text; nothing was taken from it" in caplog.text
+    assert "empty_cuts.jsonl: no cut in it has a transcript; nothing was taken from it" in caplog.text
+    assert f"{extra}:" not in caplog.text

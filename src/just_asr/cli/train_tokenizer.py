@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (tokenizer.model, tokenizer.json)")
     parser.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
     parser.add_argument("--temperature", type=float, default=3.0, help="language temperature for the training text (1 = natural, large = equal shares; default 3)")
-    parser.add_argument("--max-chars", type=int, default=50_000_000, help="characters of training text (default 50M)")
+    parser.add_argument("--max-chars", type=int, default=50_000_000, help="characters of training text, at least 1 (default 50M)")
     parser.add_argument("--text-lang", default=None, help="language of text files given without LANG:")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -40,6 +40,7 @@ def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]
     from just_asr.data.languages import get_language
     from just_asr.data.mls import NamedLazyManifest
 
+    logger = logging.getLogger(__name__)
     texts: dict[str, list[str]] = defaultdict(list)
     for item in inputs:
         lang = None
@@ -50,11 +51,14 @@ def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]
         path = Path(path_s)
         if not path.is_file():
             raise ValueError(f"{path}: input not found")
+        before = sum(len(v) for v in texts.values())
         if path.name.endswith((".jsonl.gz", ".jsonl")):
             for cut in NamedLazyManifest(path, problem="not a lhotse cut manifest"):  # errors name the file
                 text = cut_text(cut)
                 if text:
                     texts[lang or cut_language(cut)].append(text)
+            if sum(len(v) for v in texts.values()) == before:
+                logger.warning("%s: no cut in it has a transcript; nothing was taken from it", path)
             continue
         lang = lang or (get_language(text_lang).iso if text_lang else None)
         if lang is None:
@@ -66,8 +70,10 @@ def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]
                         texts[lang].append(" ".join(line.split()))
             except UnicodeDecodeError as exc:  # (decoded in chunks: no reliable line number)
                 raise ValueError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        if sum(len(v) for v in texts.values()) == before:
+            logger.warning("%s: the text file holds no text; nothing was taken from it", path)
     if UNKNOWN_LANGUAGE in texts:
-        logging.getLogger(__name__).warning("%d texts have no language; they are sampled as language 'und'", len(texts[UNKNOWN_LANGUAGE]))
+        logger.warning("%d texts have no language; they are sampled as language 'und'", len(texts[UNKNOWN_LANGUAGE]))
     return dict(texts)
 
 

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -210,6 +211,8 @@ def sample_training_text(
     Returns the sentences and a report ``{lang: {"sentences", "chars", "natural_share",
     "sampled_share"}}``.
     """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
     clean: dict[str, list[str]] = {}
     for lang, texts in texts_by_lang.items():
         lines = [t.strip() for t in texts if t and t.strip()]
@@ -316,7 +319,14 @@ def train_tokenizer(
         try:
             spm.SentencePieceTrainer.Train(**kwargs)
         except RuntimeError as exc:
-            raise ValueError(f"sentencepiece could not train a {model_type} model of {vocab_size} units: {exc}") from None
+            message = str(exc)
+            if "smaller than required_chars" in message:  # its advice names options just-asr does not have
+                need = re.search(r"(\d+) vs (\d+)", message)
+                least = f" to at least {need.group(2)}" if need else ""
+                raise ValueError(f"a vocabulary of {vocab_size} units is too small: every character of the "
+                                 f"languages' alphabets and of the text gets a unit, and blank and <unk> one each; "
+                                 f"raise --vocab-size{least}") from None
+            raise ValueError(f"sentencepiece could not train a {model_type} model of {vocab_size} units: {message}") from None
     model_path = prefix.with_suffix(".model")
     vocab_file = prefix.with_suffix(".vocab")
     if vocab_file.exists():
