@@ -199,6 +199,14 @@ def test_config_mismatches_are_clear_errors(model_dir, tmp_path):
 
     with pytest.raises(ModelDirError, match="model directory not found"):
         load_model_dir(tmp_path / "nowhere")
+    (tmp_path / "last.ckpt").write_bytes(b"not read")
+    with pytest.raises(ModelDirError, match=r"last\.ckpt: a training checkpoint, not a model directory: make one "
+                                            r"with `just-asr export .*last\.ckpt MODEL_DIR`"):
+        load_model_dir(tmp_path / "last.ckpt")
+    cfg_path.write_text("format_version: 1\nmodel: {a: 1\n")
+    with pytest.raises(ModelDirError, match=r"config\.yaml: invalid YAML at line \d+, column \d+: ") as info:
+        load_model_dir(bad)
+    assert "\n" not in str(info.value) and "<unicode string>" not in str(info.value)
 
     cfg_path.write_bytes(b"\xff\xfe" + bytes(range(256)))
     with pytest.raises(ModelDirError, match=r"config\.yaml: not a UTF-8 text file"):

@@ -281,7 +281,9 @@ def _read_config(path: Path) -> dict:
     try:
         config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ModelDirError(f"{cfg_path}: invalid YAML: {exc}") from None
+        from just_asr.model.config import yaml_error_text
+
+        raise ModelDirError(f"{cfg_path}: {yaml_error_text(exc)}") from None
     except UnicodeDecodeError as exc:
         raise ModelDirError(f"{cfg_path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(config, dict):
@@ -360,6 +362,9 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise ValueError(f"device {device!r} is not available ({type(exc).__name__}: {reason})") from None
     if not path.is_dir():
+        if path.is_file() and path.suffix == ".ckpt":
+            raise ModelDirError(f"{path}: a training checkpoint, not a model directory: make one with "
+                                f"`just-asr export {path} MODEL_DIR`")
         raise ModelDirError(f"{path}: model directory not found")
     config = _read_config(path)
     cfg_path = path / CONFIG_NAME

@@ -17,7 +17,7 @@ from just_asr.decode import DEFAULT_MAX_SYMBOLS_PER_FRAME
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory (just-asr export)")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, opus, mp3, ...; any rate)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, opus, mp3, ...; any rate from 8 kHz, resampled to 16 kHz)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {file, text} instead of lines")
     parser.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="search (default: greedy)")
     parser.add_argument("--beam", type=int, default=4, help="beam size for --method beam (default: 4)")

@@ -479,6 +479,16 @@ def _key_lines(node: Any, prefix: str, out: dict[str, int]) -> None:
             _key_lines(value_node, path, out)
 
 
+def yaml_error_text(exc: Exception) -> str:
+    """One line for a PyYAML error: ``invalid YAML at line L, column C: <problem>`` (PyYAML's own
+    text runs over several lines and names the stream ``"<unicode string>"``, not the file)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"invalid YAML{where}: {problem}" + (f" ({context})" if context else "")
+
+
 def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
     """Read a YAML file holding a ``ModelConfig`` under ``model: arch:`` (preset layout) or at the
     top level. Errors name the file and, where possible, the line."""
@@ -498,7 +508,7 @@ def load_model_config(path: str | os.PathLike[str]) -> ModelConfig:
         data = yaml.safe_load(text)
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: invalid YAML: {exc}") from None
+        raise ValueError(f"{source}: {yaml_error_text(exc)}") from None
     lines: dict[str, int] = {}
     _key_lines(node, "", lines)
     if data is None:
