@@ -103,6 +103,12 @@ def test_fail_policy_stops_with_the_first_problem(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 1
     assert "no tab between utterance id and transcript" in captured.err
+    # the item it stopped at is not called skipped
+    assert "0 item(s) skipped" in captured.out and "the run stopped at " in captured.out
+    assert "transcripts.txt:4 (--on-error fail)" in captured.out
+    report = json.loads((tmp_path / "out2" / "prepare_errors.json").read_text())
+    assert report["num_skipped"] == 0 and report["stopped_at"]["line"] == 4
+    assert [i["action"] for i in report["issues"]] == ["stopped"]
     rc = main(["prepare-mls", str(tmp_path / "corpus"), str(tmp_path / "out3"), "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out

@@ -78,7 +78,7 @@ class DataIssue:
     path: str | None
     problem: str
     line: int | None = None
-    action: str = "skipped"  #: "skipped" (item left out) or "kept" (item used; a notice)
+    action: str = "skipped"  #: "skipped" (item left out), "kept" (item used; a notice) or "stopped" (the run stopped there)
 
     def __str__(self) -> str:
         return f"{format_location(self.path, self.line)}: {self.problem} [{self.action}]"
@@ -112,7 +112,7 @@ class ErrorCollector:
             raise ValueError(f"action must be 'skipped' or 'kept', got {action!r}")
         issue = DataIssue(str(path) if path is not None else None, problem, line, action)
         if action == "skipped" and self.policy is OnError.FAIL:
-            self._add(issue)
+            self._add(DataIssue(issue.path, problem, line, "stopped"))
             raise DataError(path, problem, line)
         self._add(issue)
         return issue
@@ -170,6 +170,9 @@ class ErrorCollector:
         if not self._issues:
             return "no input problems found"
         lines = [f"{self.num_skipped} item(s) skipped, {len(self.kept)} kept with a notice"]
+        stopped = [i for i in self._issues if i.action == "stopped"]
+        if stopped:
+            lines[0] += f"; the run stopped at {format_location(stopped[-1].path, stopped[-1].line)} (--on-error fail)"
         kinds = Counter((i.action, _problem_kind(i.problem)) for i in self._issues)
         for (action, kind), n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {n:6d} x {kind} [{action}]")
@@ -184,6 +187,7 @@ class ErrorCollector:
             "policy": self.policy.value,
             "num_skipped": self.num_skipped,
             "num_kept_with_notice": len(self.kept),
+            "stopped_at": next((asdict(i) for i in self._issues if i.action == "stopped"), None),
             "issues": [asdict(i) for i in self._issues],
         }
 
