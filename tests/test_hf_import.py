@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -439,3 +440,115 @@ def test_just_finetune_from_small_import_runs(tmp_path: Path, tiny_corpus_dir: P
     for k in ("frontend.projection.weight", "mlm_stack.layers.1.self_attn.linear_q.weight"):
         rel = float((trained[k] - own[k]).norm() / own[k].norm())
         assert 0 < rel < 0.05, (k, rel)  # ... starting from the imported weights, not from scratch
+
+
+# ------------------------------------------------------------------------------------------------
+# refused inputs: output folder, config values, index, vocabulary size
+
+
+def _fake_hf_dir(path: Path, **overrides) -> Path:
+    """A folder with a Wav2Vec2BertModel config.json and placeholder weights (never read by the
+    checks under test)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "wav2vec2-bert", **TINY_HF, **overrides}))
+    (path / "model.safetensors").write_bytes(b"original weights")
+    return path
+
+
+def test_cli_refuses_to_write_into_a_hugging_face_directory(tmp_path: Path) -> None:
+    from just_asr.cli.main import main
+
+    hf_dir = _fake_hf_dir(tmp_path / "hf")
+    (tmp_path / "link").symlink_to(hf_dir)
+    for out in (hf_dir, tmp_path / "hf" / ".", tmp_path / "link"):
+        with pytest.raises(SystemExit, match=r"^import-w2v-bert: .*: the output directory is the Hugging Face directory"):
+            main(["import-w2v-bert", str(hf_dir), str(out), "--vocab-size", "12"])
+    other = _fake_hf_dir(tmp_path / "other")
+    with pytest.raises(SystemExit, match=r"^import-w2v-bert: .*other: holds a config\.json"):
+        main(["import-w2v-bert", str(hf_dir), str(other), "--vocab-size", "12"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"file: exists and is not a directory"):
+        main(["import-w2v-bert", str(hf_dir), str(tmp_path / "file"), "--vocab-size", "12"])
+    # nothing was touched
+    assert (hf_dir / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes() == b"original weights"
+    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "model.safetensors"]
+    # a new folder, or an existing just-asr model folder, is fine
+    from just_asr.hf_import import check_output_dir
+
+    check_output_dir(hf_dir, tmp_path / "new")
+    (tmp_path / "just").mkdir()
+    (tmp_path / "just" / "config.yaml").write_text("{}")
+    check_output_dir(hf_dir, tmp_path / "just")
+
+
+def test_import_into_an_existing_model_dir_removes_stale_tokenizer_files(tmp_path: Path) -> None:
+    from just_asr.cli.main import main
+
+    _, hf_dir = _random_hf_model(tmp_path)
+    out = tmp_path / "exported"
+    out.mkdir()
+    for name in ("tokenizer.model", "tokenizer.json", "cmvn.json", "model.safetensors"):
+        (out / name).write_text("from an earlier export")
+    assert main(["import-w2v-bert", str(hf_dir), str(out), "--vocab-size", "12", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "import_report.json", "model.safetensors", "model_arch.yaml"]
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("hidden_size", [32], r"'hidden_size' = \[32\]: expected an integer"),
+        ("hidden_size", "abc", r"'hidden_size' = 'abc': expected an integer"),
+        ("hidden_size", 32.5, r"'hidden_size' = 32.5: expected an integer"),
+        ("num_attention_heads", True, r"'num_attention_heads' = True: expected an integer"),
+        ("layer_norm_eps", "1e-5", r"'layer_norm_eps' = '1e-5': expected a finite number"),
+        ("hidden_dropout", float("nan"), r"'hidden_dropout' = nan: expected a finite number"),
+        ("hidden_act", ["swish"], r"'hidden_act' = \['swish'\]: supported activations"),
+    ],
+)
+def test_mistyped_config_values_name_the_file_and_key(tmp_path: Path, key: str, value, match: str) -> None:
+    cfg = {"model_type": "wav2vec2-bert", **TINY_HF, key: value}
+    with pytest.raises(HfImportError, match=match) as info:
+        hf_config_to_model_config(cfg, 1, source="/x/config.json")
+    assert str(info.value).startswith("/x/config.json: ")
+    if key == "hidden_size":  # the same through the command line: one line, no traceback
+        from just_asr.cli.main import main
+
+        hf_dir = _fake_hf_dir(tmp_path / "hf", **{key: value})
+        with pytest.raises(SystemExit, match=rf"^import-w2v-bert: {re.escape(str(hf_dir))}/config\.json: {match}"):
+            main(["import-w2v-bert", str(hf_dir), str(tmp_path / "out"), "--vocab-size", "12"])
+        assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_config_names_the_file(tmp_path: Path) -> None:
+    hf_dir = _fake_hf_dir(tmp_path / "hf")
+    (hf_dir / "config.json").write_bytes(b'{"model_type": "wav2vec2-bert", "x": "\xff"}')
+    with pytest.raises(HfImportError, match=r"hf/config\.json: not a UTF-8 text file \(invalid start byte at byte 38\)"):
+        import_w2v_bert(hf_dir, vocab_size=5)
+
+
+def test_bad_safetensors_index_names_the_file_and_key(tmp_path: Path) -> None:
+    hf_dir = _fake_hf_dir(tmp_path / "hf")
+    index = hf_dir / "model.safetensors.index.json"
+    for weight_map, match in [
+        ({"encoder.layers.0.ffn1.output_dense.bias": 3}, r"weight_map\['encoder\.layers\.0\.ffn1\.output_dense\.bias'\] = 3, expected a file name"),
+        ({"masked_spec_embed": None}, r"weight_map\['masked_spec_embed'\] = None, expected a file name"),
+        (["model.safetensors"], r"'weight_map' is a list, expected an object"),
+    ]:
+        index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        with pytest.raises(HfImportError, match=r"hf/model\.safetensors\.index\.json: " + match):
+            import_w2v_bert(hf_dir, vocab_size=5)
+    index.write_bytes(b'{"weight_map": {"a": "\xff"}}')
+    with pytest.raises(HfImportError, match=r"hf/model\.safetensors\.index\.json: not a safetensors index"):
+        import_w2v_bert(hf_dir, vocab_size=5)
+
+
+def test_vocab_size_has_an_upper_bound(tmp_path: Path) -> None:
+    from just_asr.cli.main import main
+
+    hf_dir = _fake_hf_dir(tmp_path / "hf")
+    for n in ("100000000", "10000000000", "1"):
+        with pytest.raises(SystemExit, match=r"^import-w2v-bert: --vocab-size must be between 2 and 1,000,000, got "):
+            main(["import-w2v-bert", str(hf_dir), str(tmp_path / "out"), "--vocab-size", n])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(HfImportError, match=r"vocab_size must be <= 1,000,000 .*got 1,000,001"):
+        import_w2v_bert(hf_dir, vocab_size=1_000_001)

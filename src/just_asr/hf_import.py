@@ -53,6 +53,8 @@ Example::
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,9 @@ DEFAULT_CONTRASTIVE_LAYERS = 8
 #: files :func:`write_model_dir` adds next to the inference layer's ones
 ARCH_NAME = "model_arch.yaml"
 REPORT_NAME = "import_report.json"
+#: largest RNN-T vocabulary accepted (SentencePiece vocabularies are at most a few hundred thousand
+#: units; beyond this the decoder's embedding and output layer alone need gigabytes)
+MAX_VOCAB_SIZE = 1_000_000
 
 _ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu"}
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
@@ -98,6 +103,10 @@ def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise HfImportError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise HfImportError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); expected JSON") from None
+    except OSError as exc:
+        raise HfImportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(cfg, dict):
         raise HfImportError(f"{path}: expected a JSON object at the top level")
     model_type = cfg.get("model_type")
@@ -115,13 +124,37 @@ def _hf(cfg: dict[str, Any], key: str, default: Any) -> Any:
     return default if value is None and default is not None else value
 
 
+def _hf_int(cfg: dict[str, Any], key: str, default: int, source: str) -> int:
+    """An integer config value (JSON number without a fraction), refused naming ``source`` and ``key``."""
+    value = _hf(cfg, key, default)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HfImportError(f"{source}: '{key}' = {value!r}: expected an integer")
+    return value
+
+
+def _hf_float(cfg: dict[str, Any], key: str, default: float, source: str) -> float:
+    """A finite real config value, refused naming ``source`` and ``key``."""
+    value = _hf(cfg, key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise HfImportError(f"{source}: '{key}' = {value!r}: expected a finite number")
+    return float(value)
+
+
 def _weight_files(hf_dir: Path) -> list[Path]:
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise HfImportError(f"{index}: not a safetensors index (no valid 'weight_map': {exc})") from None
+        if not isinstance(weight_map, dict):
+            raise HfImportError(f"{index}: 'weight_map' is a {type(weight_map).__name__}, expected an object "
+                                "{tensor name: file name}")
+        for key, name in weight_map.items():
+            if not isinstance(name, str) or not name:
+                raise HfImportError(f"{index}: weight_map[{key!r}] = {name!r}, expected a file name (string)")
         files = sorted({hf_dir / name for name in weight_map.values()})
         for f in files:
             if not f.is_file():
@@ -236,31 +269,36 @@ def hf_config_to_model_config(
                      "(Transformer-XL with pos_bias_u/v and linear_pos) and 'rotary' would need new attention "
                      "variants in just_asr.model.conformer")
     act = _hf(hf_cfg, "hidden_act", "swish")
-    if act not in _ACTIVATIONS:
+    if not isinstance(act, str) or act not in _ACTIVATIONS:
         raise refuse("hidden_act", f"supported activations are {sorted(_ACTIVATIONS)}")
-    kernel = int(_hf(hf_cfg, "conv_depthwise_kernel_size", 31))
+    kernel = _hf_int(hf_cfg, "conv_depthwise_kernel_size", 31, source)
     if kernel < 1 or kernel % 2 != 1:
         raise refuse("conv_depthwise_kernel_size", "must be a positive odd number")
-    in_dim = int(_hf(hf_cfg, "feature_projection_input_dim", 160))
+    in_dim = _hf_int(hf_cfg, "feature_projection_input_dim", 160, source)
     stack = 2
-    if in_dim % stack:
-        raise refuse("feature_projection_input_dim", f"must be {stack} stacked fbank frames (divisible by {stack})")
-    n_layers = int(_hf(hf_cfg, "num_hidden_layers", 24))
+    if in_dim < stack or in_dim % stack:
+        raise refuse("feature_projection_input_dim",
+                     f"must be {stack} stacked fbank frames (a positive multiple of {stack})")
+    n_layers = _hf_int(hf_cfg, "num_hidden_layers", 24, source)
+    if n_layers < 0:
+        raise refuse("num_hidden_layers", "must be >= 0")
     if not 0 <= contrastive_layers <= n_layers:
         raise HfImportError(
             f"{source}: contrastive_layers={contrastive_layers} must be between 0 and num_hidden_layers={n_layers}"
         )
-    d = int(_hf(hf_cfg, "hidden_size", 1024))
-    eps = float(_hf(hf_cfg, "layer_norm_eps", 1e-5))
-    dropouts = {k: float(_hf(hf_cfg, k, 0.0)) for k in ("hidden_dropout", "activation_dropout", "conformer_conv_dropout")}
-    attn_dropout = float(_hf(hf_cfg, "attention_dropout", 0.0))
+    d = _hf_int(hf_cfg, "hidden_size", 1024, source)
+    if d < 1:
+        raise refuse("hidden_size", "must be >= 1")
+    eps = _hf_float(hf_cfg, "layer_norm_eps", 1e-5, source)
+    dropouts = {k: _hf_float(hf_cfg, k, 0.0, source) for k in ("hidden_dropout", "activation_dropout", "conformer_conv_dropout")}
+    attn_dropout = _hf_float(hf_cfg, "attention_dropout", 0.0, source)
     enc_dropout = max(dropouts.values()) if encoder_dropout is None else float(encoder_dropout)
     notes.append(
         "dropout (training only): HF " + ", ".join(f"{k}={v}" for k, v in dropouts.items())
         + f", attention_dropout={attn_dropout} (probabilities and attention output) -> just-asr "
         f"encoder.dropout={enc_dropout} (residual, feed-forward, conv), encoder.attention_dropout={attn_dropout}"
     )
-    layerdrop = float(_hf(hf_cfg, "layerdrop", 0.1))
+    layerdrop = _hf_float(hf_cfg, "layerdrop", 0.1, source)
     if layerdrop > 0:
         notes.append(f"layerdrop={layerdrop} (training only) has no just-asr counterpart and is not applied")
 
@@ -272,20 +310,20 @@ def hf_config_to_model_config(
         "conv_channels": data["frontend"]["conv_channels"],
         "stack_frames": stack,
         "layer_norm_eps": eps,
-        "dropout": float(_hf(hf_cfg, "feat_proj_dropout", 0.0)),
+        "dropout": _hf_float(hf_cfg, "feat_proj_dropout", 0.0, source),
     }
     data["encoder"] = {
         "d_model": d,
-        "num_heads": int(_hf(hf_cfg, "num_attention_heads", 16)),
-        "ffn_dim": int(_hf(hf_cfg, "intermediate_size", 4096)),
+        "num_heads": _hf_int(hf_cfg, "num_attention_heads", 16, source),
+        "ffn_dim": _hf_int(hf_cfg, "intermediate_size", 4096, source),
         "conv_kernel": kernel,
         "conv_norm": "layer",
         "conv_causal": True,
         "conv_bias": False,
         "activation": _ACTIVATIONS[act],
         "pos_encoding": pos_encoding,
-        "left_max_position": int(_hf(hf_cfg, "left_max_position_embeddings", 64)),
-        "right_max_position": int(_hf(hf_cfg, "right_max_position_embeddings", 8)),
+        "left_max_position": _hf_int(hf_cfg, "left_max_position_embeddings", 64, source),
+        "right_max_position": _hf_int(hf_cfg, "right_max_position_embeddings", 8, source),
         "dropout": enc_dropout,
         "attention_dropout": attn_dropout,
         "layer_norm_eps": eps,
@@ -442,15 +480,20 @@ def import_w2v_bert(
         raise HfImportError("the RNN-T decoder needs its output size: give a tokenizer or vocab_size")
     if vocab_size < 2:
         raise HfImportError(f"vocab_size must be >= 2 (blank + at least one unit), got {vocab_size}")
-    n_layers = int(_hf(hf_cfg, "num_hidden_layers", 24))
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise HfImportError(f"vocab_size must be <= {MAX_VOCAB_SIZE:,} (the RNN-T decoder's output units), got {vocab_size:,}")
+    n_layers = _hf_int(hf_cfg, "num_hidden_layers", 24, cfg_file)
     if contrastive_layers is None:
         contrastive_layers = DEFAULT_CONTRASTIVE_LAYERS if n_layers > DEFAULT_CONTRASTIVE_LAYERS else n_layers // 3
+    if mask_replace not in ("auto", "learned", "noise"):
+        raise HfImportError(f"mask_replace must be 'auto', 'learned' or 'noise', got {mask_replace!r}")
+    # refuse a config.json that cannot be translated before reading (gigabytes of) weights
+    hf_config_to_model_config(hf_cfg, contrastive_layers, base, "noise" if mask_replace == "noise" else "learned",
+                              encoder_dropout, cfg_file)
     state = read_hf_weights(hf_dir)
     if mask_replace == "auto":
         has_embed = any(k in state for k in ("masked_spec_embed", HF_BASE_PREFIX + "masked_spec_embed"))
         mask_replace = "learned" if has_embed else "noise"
-    if mask_replace not in ("learned", "noise"):
-        raise HfImportError(f"mask_replace must be 'auto', 'learned' or 'noise', got {mask_replace!r}")
     cfg, notes = hf_config_to_model_config(hf_cfg, contrastive_layers, base, mask_replace, encoder_dropout, cfg_file)
 
     with torch.random.fork_rng(devices=[]):
@@ -500,6 +543,32 @@ def import_w2v_bert(
 # writing the model directory
 
 
+def check_output_dir(hf_dir: str | Path, out_dir: str | Path) -> None:
+    """Refuse an output directory the import would damage: the Hugging Face directory itself (its
+    ``model.safetensors`` would be overwritten), any folder holding a ``config.json`` (a Hugging Face
+    checkpoint), or a path that is not a directory. An existing just-asr model directory is fine:
+    its files are replaced, as ``just-asr export`` does.
+
+    Raises:
+        HfImportError: naming ``out_dir`` and the problem.
+    """
+    hf, out = Path(hf_dir), Path(out_dir)
+    same = out.resolve() == hf.resolve()
+    if not same and out.exists() and hf.exists():
+        try:
+            same = os.path.samefile(out, hf)
+        except OSError:
+            pass
+    if same:
+        raise HfImportError(f"{out}: the output directory is the Hugging Face directory {hf}; writing there would "
+                            "overwrite its model.safetensors: choose another OUT_DIR")
+    if out.exists() and not out.is_dir():
+        raise HfImportError(f"{out}: exists and is not a directory")
+    if (out / "config.json").exists():
+        raise HfImportError(f"{out}: holds a config.json (a Hugging Face checkpoint directory?), whose "
+                            "model.safetensors the import would overwrite: choose another OUT_DIR")
+
+
 def write_model_dir(result: ImportResult, out_dir: str | Path) -> Path:
     """Write ``result`` as a just-asr model directory and return its path.
 
@@ -509,13 +578,19 @@ def write_model_dir(result: ImportResult, out_dir: str | Path) -> Path:
     ``just-asr fit --config``) and ``import_report.json`` (imported / fresh / unused lists).
 
     Without a tokenizer the directory still serves ``just-asr fit --model.init_from`` (which reads
-    only the weights), but not ``transcribe``.
+    only the weights), but not ``transcribe``; a ``tokenizer.model``, ``tokenizer.json`` or
+    ``cmvn.json`` left there by an earlier export is removed.
+
+    Raises:
+        HfImportError: ``out_dir`` is the source directory or another Hugging Face checkpoint
+            directory (see :func:`check_output_dir`).
     """
     from safetensors.torch import save_model
 
     from just_asr import inference
     from just_asr.data.seamless_features import seamless_feature_settings
 
+    check_output_dir(result.source, out_dir)
     out = Path(out_dir)
     extra = {
         "import": {
@@ -529,12 +604,19 @@ def write_model_dir(result: ImportResult, out_dir: str | Path) -> Path:
     }
     if result.tokenizer is not None:
         inference.save_model_dir(out, result.model, result.config, result.tokenizer, cmvn=None, extra=extra)
+        tok_src = Path(result.tokenizer)
+        if tok_src.is_dir():
+            tok_src = tok_src / inference.TOKENIZER_NAME
+        stale_sidecar = out / inference.TOKENIZER_SIDECAR_NAME
+        if (not tok_src.with_name(inference.TOKENIZER_SIDECAR_NAME).is_file() and stale_sidecar.exists()
+                and tok_src.resolve() != (out / inference.TOKENIZER_NAME).resolve()):
+            stale_sidecar.unlink()  # it describes an earlier tokenizer, not the one just copied
         config = yaml.safe_load((out / inference.CONFIG_NAME).read_text(encoding="utf-8"))
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_model(result.model, str(out / inference.WEIGHTS_NAME),
                    metadata={"format": "pt", "just_asr_format_version": str(inference.FORMAT_VERSION)})
-        for stale in (inference.TOKENIZER_NAME, inference.CMVN_NAME):
+        for stale in (inference.TOKENIZER_NAME, inference.TOKENIZER_SIDECAR_NAME, inference.CMVN_NAME):
             if (out / stale).exists():
                 (out / stale).unlink()  # an older tokenizer would not match this decoder
         config = {
@@ -585,12 +667,14 @@ def max_encoder_difference(result: ImportResult, hf_dir: str | Path, features: T
 __all__ = [
     "HfImportError",
     "ImportResult",
+    "MAX_VOCAB_SIZE",
     "read_hf_config",
     "read_hf_weights",
     "default_base_config",
     "hf_config_to_model_config",
     "map_hf_key",
     "import_w2v_bert",
+    "check_output_dir",
     "write_model_dir",
     "reference_hidden_states",
     "max_encoder_difference",

@@ -50,8 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from just_asr.hf_import import HfImportError, import_w2v_bert, write_model_dir
+    from just_asr.hf_import import MAX_VOCAB_SIZE, HfImportError, check_output_dir, import_w2v_bert, write_model_dir
 
+    try:
+        check_output_dir(args.hf_dir, args.out_dir)
+    except HfImportError as exc:
+        raise SystemExit(f"import-w2v-bert: {exc}") from None
+    if args.vocab_size is not None and not 2 <= args.vocab_size <= MAX_VOCAB_SIZE:
+        raise SystemExit(f"import-w2v-bert: --vocab-size must be between 2 and {MAX_VOCAB_SIZE:,}, got {args.vocab_size:,}")
     base = None
     if args.config:
         from just_asr.model import load_model_config
@@ -60,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
             base = load_model_config(args.config)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"import-w2v-bert: {exc}") from None
-    if args.vocab_size is not None and args.vocab_size < 2:
-        raise SystemExit(f"import-w2v-bert: --vocab-size must be >= 2, got {args.vocab_size}")
     try:
         result = import_w2v_bert(
             args.hf_dir, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
@@ -71,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     except (HfImportError, ValueError) as exc:
         raise SystemExit(f"import-w2v-bert: {exc}") from None
     print(result.summary(max_names=0 if args.quiet else None))
-    out = write_model_dir(result, args.out_dir)
+    try:
+        out = write_model_dir(result, args.out_dir)
+    except HfImportError as exc:
+        raise SystemExit(f"import-w2v-bert: {exc}") from None
     print(f"wrote {out} (model.safetensors, config.yaml, model_arch.yaml, import_report.json"
           f"{', tokenizer.model' if result.tokenizer is not None else ''})")
     if args.verify:
