@@ -357,6 +357,69 @@ def test_bad_arguments(tmp_path: Path) -> None:
         _small(tmp_path, langs="pl", noise_snr="30")
 
 
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"hours": math.inf}, r"hours \(--hours\) must be a finite number in \[0, 100,000\], got inf"),
+        ({"hours": math.nan}, r"hours \(--hours\) must be a finite number .*got nan"),
+        ({"hours": -1.0}, r"hours \(--hours\) must be a finite number in \[0, "),
+        ({"hours": 1e9}, r"hours \(--hours\) must be a finite number in \[0, 100,000\]"),
+        ({"dev_minutes": math.inf}, r"dev_minutes \(--dev-minutes\) must be a finite number in \[0, 6,000,000\], got inf"),
+        ({"test_minutes": math.nan}, r"test_minutes \(--test-minutes\) must be a finite number"),
+        ({"number_prob": 5.0}, r"number_prob \(--number-prob\) must be a finite number in \[0, 1\], got 5.0"),
+        ({"number_prob": -1.0}, r"number_prob \(--number-prob\) must be a finite number in \[0, 1\], got -1.0"),
+        ({"number_prob": math.nan}, r"number_prob \(--number-prob\)"),
+        ({"zipf_exponent": math.nan}, r"zipf_exponent \(--zipf-exponent\) must be a finite number in \[-10, 10\], got nan"),
+        ({"zipf_exponent": 1000.0}, r"zipf_exponent \(--zipf-exponent\) must be a finite number in \[-10, 10\]"),
+        ({"limited_fraction": math.nan}, r"limited_fraction \(--limited-fraction\) must be a finite number in \(0, 1\]"),
+        ({"noise_snr": "nan,nan"}, r"noise_snr \(--noise-snr, dB\) values must be finite numbers between -100 and 100, got nan,nan"),
+        ({"noise_snr": (0.0, math.inf)}, r"noise_snr \(--noise-snr, dB\) values must be finite .*got 0,inf"),
+        ({"noise_snr": "-1e308,1e308"}, r"noise_snr \(--noise-snr, dB\) values must be finite numbers between -100 and 100"),
+        ({"noise_snr": "30,10"}, r"noise_snr \(--noise-snr, dB\): MIN 30.0 is larger than MAX 10.0"),
+    ],
+)
+def test_real_valued_arguments_are_checked_before_synthesis(tmp_path: Path, kw: dict, match: str) -> None:
+    # a missing espeak-ng would raise EspeakNotFoundError: the checks must come first
+    with pytest.raises(ValueError, match=match):
+        _small(tmp_path / "out", langs="pl", espeak_binary=str(tmp_path / "no-such-espeak-ng"), **kw)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("--hours", "inf", "hours (--hours) must be a finite number in [0, 100,000], got inf"),
+        ("--hours", "nan", "hours (--hours) must be a finite number in [0, 100,000], got nan"),
+        ("--dev-minutes", "inf", "dev_minutes (--dev-minutes) must be a finite number"),
+        ("--noise-snr", "nan,nan", "noise_snr (--noise-snr, dB) values must be finite numbers"),
+        ("--noise-snr", "0,inf", "noise_snr (--noise-snr, dB) values must be finite numbers"),
+        ("--zipf-exponent", "nan", "zipf_exponent (--zipf-exponent) must be a finite number"),
+        ("--number-prob", "5", "number_prob (--number-prob) must be a finite number in [0, 1], got 5.0"),
+        ("--number-prob", "-1", "number_prob (--number-prob) must be a finite number in [0, 1], got -1.0"),
+    ],
+)
+def test_cli_refuses_bad_real_valued_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, match: str
+) -> None:
+    from just_asr.cli.main import main
+
+    out = tmp_path / "corpus"
+    assert main(["synth-corpus", str(out), "--langs", "pl", "--jobs", "1", "--no-progress", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"just-asr synth-corpus: error: {match}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_vocabulary_leaves_an_existing_corpus_alone(tmp_path: Path) -> None:
+    old = tmp_path / "mls_polish" / "train" / "transcripts.txt"
+    old.parent.mkdir(parents=True)
+    old.write_text("old\n")
+    with pytest.raises(ValueError, match="wordfreq has only .* usable polish words; asked for 1000000000"):
+        _small(tmp_path, langs="pl", vocab_size=10**9, overwrite=True)
+    assert old.read_text() == "old\n"
+
+
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from just_asr.cli.main import main
 

@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=5000, help="words per language vocabulary (default 5000)")
     parser.add_argument(
         "--zipf-exponent", type=float, default=1.0,
-        help="words are drawn with probability frequency**EXPONENT (default 1: natural Zipf)",
+        help="words are drawn with probability frequency**EXPONENT, EXPONENT in [-10, 10] (default 1: natural Zipf)",
     )
     parser.add_argument(
         "--speakers", type=_int_triple, default=(12, 4, 4), metavar="TRAIN,DEV,TEST",
@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--noise-snr", type=_float_pair, default=None, metavar="MIN,MAX",
-        help="add white noise at a per-utterance SNR drawn from [MIN, MAX] dB (default: no noise)",
+        help="add white noise at a per-utterance SNR drawn from [MIN, MAX] dB, both in [-100, 100] (default: no noise)",
     )
     parser.add_argument(
         "--limited-fraction", type=float, default=0.1,

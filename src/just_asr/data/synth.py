@@ -529,8 +529,8 @@ def language_train_seconds(
     exponents = {"mls": 1.0, "sqrt": 0.5, "uniform": 0.0}
     if imbalance not in exponents:
         raise ValueError(f"imbalance must be one of {sorted(exponents)}, got {imbalance!r}")
-    if hours < 0:
-        raise ValueError(f"hours must be >= 0, got {hours}")
+    if not (math.isfinite(hours) and hours >= 0):
+        raise ValueError(f"hours must be a finite number >= 0, got {hours}")
     w = {l.iso: l.train_hours ** exponents[imbalance] for l in languages}
     total = sum(w.values())
     return {iso: hours * 3600.0 * v / total for iso, v in w.items()}
@@ -670,18 +670,58 @@ def _synthesize_group(group: tuple[_Utt, ...]) -> list[tuple[str, str, int, int,
     return [(*r[:5], r[5] + shared) for r in results]
 
 
-def _parse_pair(value: str | Sequence[float] | None, what: str) -> tuple[float, float] | None:
+#: most train hours (and dev/test hours per language) accepted: twice MLS's ~50,000 hours
+MAX_HOURS = 100_000.0
+#: range of noise SNRs accepted (dB): below it the audio is noise only, above it the noise is far
+#: under 16-bit resolution; outside it the noise scale over- or underflows
+SNR_RANGE = (-100.0, 100.0)
+#: range of zipf exponents accepted: 10 already makes the most frequent word nearly every word, and
+#: much beyond it the word weights over- or underflow
+ZIPF_EXPONENT_RANGE = (-10.0, 10.0)
+
+
+def _parse_pair(
+    value: str | Sequence[float] | None, what: str, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float] | None:
+    """``"MIN,MAX"`` or a pair -> ``(min, max)``: finite, ``min <= max``, both within ``bounds``."""
     if value is None:
         return None
     if isinstance(value, str):
         parts = [p for p in value.replace(" ", "").split(",") if p]
         if len(parts) != 2:
             raise ValueError(f"{what} must be 'MIN,MAX', got {value!r}")
-        value = (float(parts[0]), float(parts[1]))
-    lo, hi = float(value[0]), float(value[1])
+        value = tuple(parts)
+    elif len(value) != 2:
+        raise ValueError(f"{what} must be (MIN, MAX), got {value!r}")
+    try:
+        lo, hi = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be two numbers MIN,MAX, got {value!r}") from None
+    if not all(math.isfinite(v) and bounds[0] <= v <= bounds[1] for v in (lo, hi)):
+        raise ValueError(f"{what} values must be finite numbers between {_fmt(bounds[0])} and {_fmt(bounds[1])}, "
+                         f"got {lo:g},{hi:g}")
     if lo > hi:
         raise ValueError(f"{what}: MIN {lo} is larger than MAX {hi}")
     return lo, hi
+
+
+def _check_real(value: float, what: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
+    """``value`` as a float, refused (naming ``what``) unless finite and in ``[lo, hi]`` (``(lo, hi]``
+    with ``lo_open``)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
+        raise ValueError(
+            f"{what} must be a finite number in {'(' if lo_open else '['}{_fmt(lo)}, {_fmt(hi)}], got {value!r}"
+        )
+    return x
+
+
+def _fmt(x: float) -> str:
+    """A bound for a message: ``6,000,000`` rather than ``6e+06``."""
+    return f"{x:,.0f}" if math.isfinite(x) and x.is_integer() else f"{x:g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,13 +795,16 @@ def synthesize_corpus(
         raise ValueError(f"speakers must give (train, dev, test) counts, each >= 2; got {speakers}")
     if not (1 <= words[0] <= words[1]):
         raise ValueError(f"words must be (min, max) with 1 <= min <= max, got {words}")
-    if not 0.0 < limited_fraction <= 1.0:
-        raise ValueError(f"limited_fraction must be in (0, 1], got {limited_fraction}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    if dev_minutes < 0 or test_minutes < 0:
-        raise ValueError("dev_minutes and test_minutes must be >= 0")
-    snr = _parse_pair(noise_snr, "noise_snr")
+    # every real-valued option: finite and in range, named as the library and the CLI call it
+    hours = _check_real(hours, "hours (--hours)", 0.0, MAX_HOURS)
+    dev_minutes = _check_real(dev_minutes, "dev_minutes (--dev-minutes)", 0.0, MAX_HOURS * 60)
+    test_minutes = _check_real(test_minutes, "test_minutes (--test-minutes)", 0.0, MAX_HOURS * 60)
+    number_prob = _check_real(number_prob, "number_prob (--number-prob)", 0.0, 1.0)
+    zipf_exponent = _check_real(zipf_exponent, "zipf_exponent (--zipf-exponent)", *ZIPF_EXPONENT_RANGE)
+    limited_fraction = _check_real(limited_fraction, "limited_fraction (--limited-fraction)", 0.0, 1.0, lo_open=True)
+    snr = _parse_pair(noise_snr, "noise_snr (--noise-snr, dB)", SNR_RANGE)
     binary = find_espeak(espeak_binary)
     installed = installed_variants(binary)
     female = [v for v in FEMALE_VARIANTS if installed.get(v) == "F"]
@@ -772,18 +815,18 @@ def synthesize_corpus(
             "expected ones (3 of each needed); install the full Debian package 'espeak-ng-data'"
         )
     jobs = max(1, int(jobs or os.cpu_count() or 1))
+    existing = [out / l.folder for l in languages if (out / l.folder).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it")
+    # before anything on disk changes: a vocabulary that cannot be built must not cost an old corpus
+    vocabs = {l.iso: build_vocabulary(l, vocab_size, zipf_exponent) for l in languages}
 
     out.mkdir(parents=True, exist_ok=True)
-    for language in languages:
-        folder = out / language.folder
-        if folder.exists():
-            if not overwrite:
-                raise FileExistsError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
-            shutil.rmtree(folder)
+    for folder in existing:
+        shutil.rmtree(folder)
 
     train_targets = language_train_seconds(languages, hours, imbalance)
     counts = dict(zip(SPLITS, speakers))
-    vocabs = {l.iso: build_vocabulary(l, vocab_size, zipf_exponent) for l in languages}
     plans = {l.iso: _plan_speakers(l, seed, counts, female, male) for l in languages}
     targets = {
         (l.iso, s): (train_targets[l.iso] if s == "train" else (dev_minutes if s == "dev" else test_minutes) * 60.0)
