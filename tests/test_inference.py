@@ -213,6 +213,22 @@ def test_config_mismatches_are_clear_errors(model_dir, tmp_path):
         load_model_dir(bad)
 
 
+def test_save_over_an_earlier_export_leaves_no_stale_tokenizer_sidecar(tiny_model, tmp_path, tokenizer_path):
+    """A tokenizer without its tokenizer.json sidecar, exported over a folder that has one: the old
+    sidecar (another tokenizer's languages and settings) is removed, not kept beside the new model."""
+    import shutil
+
+    model, cfg = tiny_model
+    out = tmp_path / "m"
+    save_model_dir(out, model, cfg, tokenizer_path)
+    assert (out / "tokenizer.json").is_file()
+    bare = tmp_path / "bare" / "tokenizer.model"
+    bare.parent.mkdir()
+    shutil.copyfile(tokenizer_path, bare)
+    save_model_dir(out, model, cfg, bare)
+    assert not (out / "tokenizer.json").exists() and (out / "tokenizer.model").read_bytes() == bare.read_bytes()
+
+
 def test_save_refuses_wrong_tokenizer(tiny_model, tmp_path, tokenizer_path):
     model, cfg = tiny_model
     other = train_tokenizer({"en": ["abc def ghi"] * 3}, tmp_path / "tok2", vocab_size=35, required_langs=["en"])

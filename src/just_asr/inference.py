@@ -204,6 +204,8 @@ def save_model_dir(
         sidecar = tok_src.with_name(TOKENIZER_SIDECAR_NAME)
         if sidecar.is_file():
             shutil.copyfile(sidecar, out / TOKENIZER_SIDECAR_NAME)
+        elif (out / TOKENIZER_SIDECAR_NAME).exists():
+            (out / TOKENIZER_SIDECAR_NAME).unlink()  # an earlier tokenizer's description would mislead
     if cmvn_obj is not None:
         cmvn_obj.save(out / CMVN_NAME)
     elif (out / CMVN_NAME).exists():
