@@ -235,6 +235,7 @@ def test_fit_with_a_worker_lists_what_it_left_out(tmp_path, capsys):
     capsys.readouterr()
     root = tmp_path / "exp2"
     assert fit(2) == 0
-    assert json.loads((root / "data_issues.json").read_text()) == {
-        part: {"policy": "skip", "num_skipped": 0, "num_kept_with_notice": 0, "issues": []} for part in ("train", "dev")}
+    clean = json.loads((root / "data_issues.json").read_text())
+    assert set(clean) == {"train", "dev"}
+    assert all(part["num_skipped"] == 0 and part["issues"] == [] for part in clean.values())
     assert "input problems" not in capsys.readouterr().out
