@@ -384,5 +384,9 @@ def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad2\.yaml: invalid YAML at line 4, column 1: ") as info:
         load_model_config(bad)
     assert "\n" not in str(info.value) and "<unicode string>" not in str(info.value)
+    bad.write_text("model:\n  arch: \x07\n")  # a character YAML does not accept: a ReaderError
+    with pytest.raises(ValueError, match=r"bad2\.yaml: invalid YAML at character 16: unacceptable character") as info:
+        load_model_config(bad)
+    assert "\n" not in str(info.value) and "<unicode string>" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_model_config(tmp_path / "nope.yaml")

@@ -168,7 +168,7 @@ def test_cli_from_cuts_and_text(tmp_path, capsys, caplog):
     for bad in ("0", "-5"):
         assert main(["train-tokenizer", f"fr:{extra}", "--vocab-size", "120", "--max-chars", bad,
                      "--out", str(tmp_path / "t4")]) == 1
-        assert f"max_chars must be >= 1, got {bad}" in capsys.readouterr().err
+        assert f"max_chars (--max-chars) must be >= 1, got {bad}" in capsys.readouterr().err
     assert main(["train-tokenizer", f"fr:{extra}", "--vocab-size", "20", "--out", str(tmp_path / "t5")]) == 1
     err = capsys.readouterr().err
     assert "a vocabulary of 20 units is too small" in err and "raise --vocab-size to at least" in err

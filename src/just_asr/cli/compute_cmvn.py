@@ -50,13 +50,17 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{path}: cut manifest not found")
             cs = CutSet(NamedLazyManifest(path, problem="not a lhotse cut manifest"))  # errors name the file
             streams.append(counted(path, itertools.islice(cs, args.max_cuts) if args.max_cuts is not None else cs))
-        stats = GlobalCMVN.from_cuts(itertools.chain(*streams), source=args.features, errors=errors, progress=True)
+        try:
+            stats = GlobalCMVN.from_cuts(itertools.chain(*streams), source=args.features, errors=errors,
+                                         progress=True)
+        finally:  # (on an error too: "no frames" is explained by the empty inputs)
+            for path, n in counts.items():
+                if n == 0:
+                    print(f"warning: {path}: the cut manifest holds no cuts; nothing was taken from it",
+                          file=sys.stderr)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for path, n in counts.items():
-        if n == 0:
-            print(f"warning: {path}: the cut manifest holds no cuts; nothing was taken from it", file=sys.stderr)
     path = stats.save(args.out)
     print(f"CMVN over {stats.count} frames written to {path}")
     if len(errors):

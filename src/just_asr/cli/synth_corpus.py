@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to create mls_<language>/ folders in")
     parser.add_argument(
         "--hours", type=float, default=DEMO_HOURS,
-        help=f"total train hours over the chosen languages (default {DEMO_HOURS}: the demo size)",
+        help=f"total train hours over the chosen languages, at most 100,000 (default {DEMO_HOURS}: the demo size)",
     )
     parser.add_argument(
         "--imbalance", choices=("mls", "sqrt", "uniform"), default="mls",

@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.max_chars < 1:  # before reading the inputs
+            raise ValueError(f"max_chars (--max-chars) must be >= 1, got {args.max_chars}")
         texts = read_inputs(args.inputs, args.text_lang)
         path = train_tokenizer(
             texts, args.out, args.vocab_size, temperature=args.temperature, model_type=args.model_type,

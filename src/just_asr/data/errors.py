@@ -3,7 +3,8 @@
 Every problem with an input item (an audio file, a transcript line, a cut whose text the tokenizer
 cannot spell) is described by a :class:`DataIssue`: the file, optionally the line, the problem in
 plain words, and what was done about it (``"skipped"``: the item was left out; ``"kept"``: the item
-was used after a fix such as resampling, and the issue is only a notice).
+was used after a fix such as resampling, and the issue is only a notice; ``"stopped"``: the run
+stopped there, under the ``fail`` policy).
 
 An :class:`ErrorCollector` gathers issues under a policy (:class:`OnError`):
 
@@ -172,7 +173,7 @@ class ErrorCollector:
         lines = [f"{self.num_skipped} item(s) skipped, {len(self.kept)} kept with a notice"]
         stopped = [i for i in self._issues if i.action == "stopped"]
         if stopped:
-            lines[0] += f"; the run stopped at {format_location(stopped[-1].path, stopped[-1].line)} (--on-error fail)"
+            lines[0] += f"; the run stopped at {format_location(stopped[0].path, stopped[0].line)} (--on-error fail)"
         kinds = Counter((i.action, _problem_kind(i.problem)) for i in self._issues)
         for (action, kind), n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  {n:6d} x {kind} [{action}]")

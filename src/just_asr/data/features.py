@@ -186,9 +186,9 @@ def cut_features(cut: "Cut", source: str = "auto") -> torch.Tensor:
             feats = torch.as_tensor(np.asarray(cut.load_features()), dtype=torch.float32)
         except Exception as exc:  # lhotse appends the whole cut's repr on further lines: keep the first
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            feats_info = cut.features
-            where = f"{feats_info.storage_path}, key {feats_info.storage_key}" if feats_info is not None else "?"
-            raise AudioError(f"cut {cut.id}", f"cannot read stored features ({where}): {reason}") from None
+            feats_info = getattr(cut, "features", None)  # (a MixedCut keeps them per track: none here)
+            where = f" ({feats_info.storage_path}, key {feats_info.storage_key})" if feats_info is not None else ""
+            raise AudioError(f"cut {cut.id}", f"cannot read stored features{where}: {reason}") from None
         if feats.ndim != 2 or feats.shape[1] != FBANK_DIM:
             raise AudioError(f"cut {cut.id}", f"stored features have shape {tuple(feats.shape)}, expected (T, {FBANK_DIM})")
         return _fit_frames(feats, expected, source=f"cut {cut.id}")

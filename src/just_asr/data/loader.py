@@ -429,8 +429,8 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
             raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
         other = next((c for c in cuts if not isinstance(c, Cut)), None)
         if other is not None:  # lhotse reads a recordings manifest into a "CutSet" of recordings
-            kind = {"Recording": "recordings", "SupervisionSegment": "supervisions"}.get(type(other).__name__,
-                                                                                           type(other).__name__)
+            kind = {"Recording": "recordings", "SupervisionSegment": "supervisions",
+                    "Features": "features"}.get(type(other).__name__, type(other).__name__)
             raise ValueError(f"{path}: not a cut manifest (it holds {kind}; pass the *_cuts_*.jsonl.gz manifests)")
         if not ids:
             logger.warning("%s: the cut manifest holds no cuts", path)

@@ -43,6 +43,7 @@ manifests are made); the dataset checks them and reports.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class NamedLazyManifest:
 
     def _error(self, exc: Exception, line: int | None = None) -> ValueError:
         where = f" at line {line}" if line is not None else ""
+        if isinstance(exc, json.JSONDecodeError) and line is not None:  # its own "line 1" is within the line
+            return ValueError(f"{self.path}: {self.problem}{where}, column {exc.colno} (JSONDecodeError: {exc.msg})")
         return ValueError(f"{self.path}: {self.problem}{where} ({type(exc).__name__}: {exc})")
 
     def __iter__(self):
@@ -119,8 +122,8 @@ class NamedLazyManifest:
             if not isinstance(item, Cut):
                 kind = {"Recording": "recordings", "SupervisionSegment": "supervisions",
                         "Features": "features"}.get(type(item).__name__, type(item).__name__)
-                raise ValueError(f"{self.path}: not a cut manifest (it holds {kind}; pass the *_cuts_*.jsonl.gz "
-                                 "manifests)")
+                raise ValueError(f"{self.path}: not a cut manifest (line {line} holds {kind}; pass the "
+                                 "*_cuts_*.jsonl.gz manifests)")
             yield item
 
     def __len__(self) -> int:

@@ -212,7 +212,7 @@ def sample_training_text(
     "sampled_share"}}``.
     """
     if max_chars < 1:
-        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+        raise ValueError(f"max_chars (--max-chars) must be >= 1, got {max_chars}")
     clean: dict[str, list[str]] = {}
     for lang, texts in texts_by_lang.items():
         lines = [t.strip() for t in texts if t and t.strip()]

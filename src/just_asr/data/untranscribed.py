@@ -71,11 +71,11 @@ def prepare_untranscribed(
     if not audio_dir.is_dir():
         raise ValueError(f"{audio_dir}: audio folder not found")
     if not math.isfinite(min_duration) or min_duration < 0:
-        raise ValueError(f"min_duration must be a finite number of seconds >= 0, got {min_duration}")
+        raise ValueError(f"min_duration (--min-duration) must be a finite number of seconds >= 0, got {min_duration}")
     if window is not None and not (math.isfinite(window) and window > 0):
-        raise ValueError(f"window must be a finite number of seconds > 0, got {window}")
+        raise ValueError(f"window (--window) must be a finite number of seconds > 0, got {window}")
     if window is not None and window < min_duration:
-        raise ValueError(f"window ({window} s) is shorter than min_duration ({min_duration} s): every window "
+        raise ValueError(f"--window ({window} s) is shorter than --min-duration ({min_duration} s): every window "
                          "would be left out as too short")
     iso = get_language(lang).iso if lang else None
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -485,6 +485,9 @@ def yaml_error_text(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if mark is None and getattr(exc, "position", None) is not None:  # a ReaderError (a bad character)
+        where = f" at character {exc.position + 1}"
+        problem = problem.split(' in "<', 1)[0]
     context = getattr(exc, "context", None)
     return f"invalid YAML{where}: {problem}" + (f" ({context})" if context else "")
 
