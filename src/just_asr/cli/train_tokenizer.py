@@ -78,12 +78,11 @@ def read_inputs(inputs: list[str], text_lang: str | None) -> dict[str, list[str]
 
 
 def run(args: argparse.Namespace) -> int:
-    from just_asr.data.tokenizer import Tokenizer, train_tokenizer
+    from just_asr.data.tokenizer import Tokenizer, check_max_chars, train_tokenizer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.max_chars < 1:  # before reading the inputs
-            raise ValueError(f"max_chars (--max-chars) must be >= 1, got {args.max_chars}")
+        check_max_chars(args.max_chars)  # before reading the inputs
         texts = read_inputs(args.inputs, args.text_lang)
         path = train_tokenizer(
             texts, args.out, args.vocab_size, temperature=args.temperature, model_type=args.model_type,

@@ -248,6 +248,14 @@ class AsrDataset(torch.utils.data.Dataset):
             batch["data_issues"] = issues
         return batch
 
+    def start_worker_reports(self) -> None:
+        """Called once in each DataLoader worker (by :class:`~just_asr.data.loader.SkipEmptyBatches`)
+        before its first batch: the worker's copy of the collector stops logging (its issues travel
+        with the batches and are logged by the main process), and the issues the copy already holds
+        (the main process's, copied with it) count as sent."""
+        self.errors.log = False
+        self._issues_sent = len(self.errors)
+
     def _issues_to_send(self) -> list[DataIssue]:
         """In a DataLoader worker: the issues its collector recorded since the previous batch went
         out (cuts of this batch, and whatever else the worker reported meanwhile, e.g. a sampler's

@@ -111,11 +111,11 @@ class ErrorCollector:
         """
         if action not in ("skipped", "kept"):
             raise ValueError(f"action must be 'skipped' or 'kept', got {action!r}")
-        issue = DataIssue(str(path) if path is not None else None, problem, line, action)
-        if action == "skipped" and self.policy is OnError.FAIL:
-            self._add(DataIssue(issue.path, problem, line, "stopped"))
-            raise DataError(path, problem, line)
+        stop = action == "skipped" and self.policy is OnError.FAIL
+        issue = DataIssue(str(path) if path is not None else None, problem, line, "stopped" if stop else action)
         self._add(issue)
+        if stop:
+            raise DataError(path, problem, line)
         return issue
 
     def warn(self, path: str | Path | None, problem: str, line: int | None = None) -> DataIssue:

@@ -183,9 +183,8 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
                  require_a_batch: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if errors is None:
-            errors = _dataset_errors(self.dataset)
-        if errors is None:  # (not ``or``: an empty collector is falsy)
-            errors = ErrorCollector("skip")
+            reporting = _reporting_dataset(self.dataset)
+            errors = reporting.errors if reporting is not None else ErrorCollector("skip")
         self.errors = errors
         self.max_empty_in_a_row = max_empty_in_a_row
         self.require_a_batch = require_a_batch
@@ -203,24 +202,19 @@ class SkipEmptyBatches(torch.utils.data.DataLoader):
     def __iter__(self):
         empty = yielded = 0
         for batch in super().__iter__():
+            if batch is None or isinstance(batch, LeftOutBatch):
+                if batch is not None:
+                    self.errors.extend(batch.data_issues)
+                empty += 1
+                if self.max_empty_in_a_row is not None and empty >= self.max_empty_in_a_row:
+                    raise DataError(None, f"{empty} batches in a row had no usable cut: the data cannot be read "
+                                          "(see the reports above)")
+                continue
             if isinstance(batch, dict):
-                issues = batch.pop("data_issues", None)
-                if issues:
-                    self.errors.extend(issues)
-                empty = 0
-                yielded += 1
-                yield batch
-                continue
-            if isinstance(batch, LeftOutBatch):
-                self.errors.extend(batch.data_issues)
-            elif batch is not None:
-                yielded += 1
-                yield batch
-                continue
-            empty += 1
-            if self.max_empty_in_a_row is not None and empty >= self.max_empty_in_a_row:
-                raise DataError(None, f"{empty} batches in a row had no usable cut: the data cannot be read "
-                                      "(see the reports above)")
+                self.errors.extend(batch.pop("data_issues", ()))
+            empty = 0
+            yielded += 1
+            yield batch
         if self.require_a_batch and yielded == 0:
             raise DataError(None, "no batch of this pass had a usable cut (see the reports above); with several "
                                   "ranks this one would leave the others waiting")
@@ -235,23 +229,17 @@ def _reporting_dataset(dataset):
     return None
 
 
-def _dataset_errors(dataset) -> ErrorCollector | None:
-    """The error collector of ``dataset`` (or of the dataset it wraps), ``None`` when there is none."""
-    obj = _reporting_dataset(dataset)
-    return None if obj is None else obj.errors
-
-
 def _quiet_worker_collectors(own_init, worker_id: int) -> None:
-    """Run first in each worker of a :class:`SkipEmptyBatches`: the worker's copy of the error
-    collector stops logging (its issues travel with the batches and are logged by the main process)
-    and the dataset marks the issues the copy already holds (the main process's, copied with it) as
-    sent; then the loader's own ``worker_init_fn``, if any, runs."""
+    """Run first in each worker of a :class:`SkipEmptyBatches`: the dataset's copy of the error
+    collector stops logging (:meth:`AsrDataset.start_worker_reports
+    <just_asr.data.dataset.AsrDataset.start_worker_reports>`; another dataset's collector is only
+    silenced); then the loader's own ``worker_init_fn``, if any, runs."""
     info = torch.utils.data.get_worker_info()
     obj = _reporting_dataset(info.dataset) if info is not None else None
-    if obj is not None:
+    if isinstance(obj, AsrDataset):
+        obj.start_worker_reports()
+    elif obj is not None:
         obj.errors.log = False
-        if hasattr(obj, "_issues_sent"):
-            obj._issues_sent = len(obj.errors)
     if own_init is not None:
         own_init(worker_id)
 
@@ -412,6 +400,8 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
     from lhotse import CutSet
     from lhotse.cut import Cut
 
+    from just_asr.data.mls import not_a_cut_manifest
+
     if not paths:
         raise ValueError("no cut manifests given")
     sets = []
@@ -429,9 +419,7 @@ def read_cut_manifests(paths: Sequence[str | Path]) -> "CutSet":
             raise ValueError(f"{path}: not a lhotse cut manifest ({type(exc).__name__}: {exc})") from None
         other = next((c for c in cuts if not isinstance(c, Cut)), None)
         if other is not None:  # lhotse reads a recordings manifest into a "CutSet" of recordings
-            kind = {"Recording": "recordings", "SupervisionSegment": "supervisions",
-                    "Features": "features"}.get(type(other).__name__, type(other).__name__)
-            raise ValueError(f"{path}: not a cut manifest (it holds {kind}; pass the *_cuts_*.jsonl.gz manifests)")
+            raise not_a_cut_manifest(path, other)
         if not ids:
             logger.warning("%s: the cut manifest holds no cuts", path)
         for cid in ids:

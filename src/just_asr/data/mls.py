@@ -83,6 +83,16 @@ def load_manifests(manifest_dir: str | Path, lang: str, split: str, *, lazy: boo
     return CutSet(manifest) if lazy else CutSet.from_cuts(manifest)
 
 
+def not_a_cut_manifest(path: str | Path, item: object, line: int | None = None) -> ValueError:
+    """The error for a manifest that holds something else than cuts (``item``, found at ``line``
+    when known): a recordings or supervisions manifest, which ``prepare-mls`` writes beside the
+    cuts and a glob such as ``mls-pl_*.jsonl.gz`` picks up."""
+    kinds = {"Recording": "recordings", "SupervisionSegment": "supervisions", "Features": "features"}
+    kind = kinds.get(type(item).__name__, type(item).__name__)
+    where = f"line {line} holds" if line is not None else "it holds"
+    return ValueError(f"{path}: not a cut manifest ({where} {kind}; pass the *_cuts_*.jsonl.gz manifests)")
+
+
 class NamedLazyManifest:
     """A lazily read lhotse manifest (what ``CutSet.from_jsonl_lazy`` wraps) whose read errors name
     the file: a bad line or a truncated ``.gz`` surfaces only when the stream reaches it, deep in
@@ -120,10 +130,7 @@ class NamedLazyManifest:
             except Exception as exc:  # lhotse raises many types for a bad manifest
                 raise self._error(exc, line) from None
             if not isinstance(item, Cut):
-                kind = {"Recording": "recordings", "SupervisionSegment": "supervisions",
-                        "Features": "features"}.get(type(item).__name__, type(item).__name__)
-                raise ValueError(f"{self.path}: not a cut manifest (line {line} holds {kind}; pass the "
-                                 "*_cuts_*.jsonl.gz manifests)")
+                raise not_a_cut_manifest(self.path, item, line)
             yield item
 
     def __len__(self) -> int:

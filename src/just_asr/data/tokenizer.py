@@ -196,6 +196,12 @@ def required_characters(langs: Iterable[str] | None = None) -> str:
     return "".join(sorted(chars))
 
 
+def check_max_chars(max_chars: int) -> None:
+    """``ValueError`` unless the training-text budget is at least one character."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars (--max-chars) must be >= 1, got {max_chars}")
+
+
 def sample_training_text(
     texts_by_lang: Mapping[str, Sequence[str]],
     temperature: float,
@@ -211,8 +217,7 @@ def sample_training_text(
     Returns the sentences and a report ``{lang: {"sentences", "chars", "natural_share",
     "sampled_share"}}``.
     """
-    if max_chars < 1:
-        raise ValueError(f"max_chars (--max-chars) must be >= 1, got {max_chars}")
+    check_max_chars(max_chars)
     clean: dict[str, list[str]] = {}
     for lang, texts in texts_by_lang.items():
         lines = [t.strip() for t in texts if t and t.strip()]
