@@ -603,14 +603,8 @@ def write_model_dir(result: ImportResult, out_dir: str | Path) -> Path:
         }
     }
     if result.tokenizer is not None:
+        # (save_model_dir also removes a stale tokenizer.json when the tokenizer has none)
         inference.save_model_dir(out, result.model, result.config, result.tokenizer, cmvn=None, extra=extra)
-        tok_src = Path(result.tokenizer)
-        if tok_src.is_dir():
-            tok_src = tok_src / inference.TOKENIZER_NAME
-        stale_sidecar = out / inference.TOKENIZER_SIDECAR_NAME
-        if (not tok_src.with_name(inference.TOKENIZER_SIDECAR_NAME).is_file() and stale_sidecar.exists()
-                and tok_src.resolve() != (out / inference.TOKENIZER_NAME).resolve()):
-            stale_sidecar.unlink()  # it describes an earlier tokenizer, not the one just copied
         config = yaml.safe_load((out / inference.CONFIG_NAME).read_text(encoding="utf-8"))
     else:
         out.mkdir(parents=True, exist_ok=True)
