@@ -491,6 +491,68 @@ def test_fused_batch_size_gives_identical_loss_and_gradients() -> None:
     assert saved_v_tensors[1] == [] and saved_v_tensors[2] == []
 
 
+JOINER_PATHS = [{}, {"fused_batch_size": 2}, {"rnnt": "pruned", "prune_range": 2, "rnnt_warmup_steps": 0},
+                {"rnnt": "pruned", "prune_range": 2, "rnnt_warmup_steps": 0, "fused_batch_size": 1}]
+
+
+def _rnnt_step(model: JustModel, batch: dict[str, torch.Tensor], bf16: bool):
+    """(RNN-T term, joiner output dtypes seen, {param: grad}) of one forward + backward."""
+    dtypes: list[torch.dtype] = []
+    handle = model.joiner.output.register_forward_hook(lambda _m, _i, o: dtypes.append(o.dtype))
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(**batch)
+        loss = out.compute_loss().terms["rnnt"]
+    loss.backward()
+    handle.remove()
+    return loss.detach(), dtypes, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("path", JOINER_PATHS, ids=["full", "full-sub-batched", "pruned", "pruned-sub-batched"])
+def test_joiner_precision_autocast_runs_the_joiner_under_the_steps_autocast(path: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    ref = JustModel(make_cfg(**path), VOCAB).eval()
+    mixed = JustModel(make_cfg(joiner_precision="autocast", **path), VOCAB).eval()
+    mixed.load_state_dict(ref.state_dict())
+    batch = make_batch(3)
+    # without autocast the switch changes nothing: same values, same gradients, float32 joiner
+    loss_ref, dt_ref, g_ref = _rnnt_step(ref, batch, bf16=False)
+    loss_mix, dt_mix, g_mix = _rnnt_step(mixed, batch, bf16=False)
+    assert set(dt_ref) == set(dt_mix) == {torch.float32}
+    assert torch.equal(loss_ref, loss_mix)
+    assert g_ref.keys() == g_mix.keys() and all(torch.equal(g_ref[n], g_mix[n]) for n in g_ref)
+    # under bf16 autocast: the default keeps the joiner in float32, "autocast" runs it in bf16; the
+    # loss stays float32 and moves only by bf16 rounding, every joiner gradient is finite and close
+    loss_ref, dt_ref, g_ref = _rnnt_step(ref, batch, bf16=True)
+    loss_mix, dt_mix, g_mix = _rnnt_step(mixed, batch, bf16=True)
+    assert set(dt_ref) == {torch.float32} and set(dt_mix) == {torch.bfloat16}
+    assert loss_mix.dtype == torch.float32 and torch.isfinite(loss_mix)
+    assert not torch.equal(loss_ref, loss_mix)
+    torch.testing.assert_close(loss_mix, loss_ref, rtol=2e-2, atol=0.0)
+    for n in g_ref:
+        if n.startswith("joiner."):
+            assert torch.isfinite(g_mix[n]).all(), n
+            cos = torch.nn.functional.cosine_similarity(g_mix[n].flatten(), g_ref[n].flatten(), dim=0)
+            assert cos > 0.99, (n, float(cos))
+
+
+def test_joiner_precision_autocast_logits_are_the_bf16_joiners_in_float32() -> None:
+    """The full path's logits equal the joiner run by hand under bf16 autocast and cast to float32,
+    and the RNN-T term is the float32 loss of exactly those logits."""
+    torch.manual_seed(0)
+    model = JustModel(make_cfg(joiner_precision="autocast"), VOCAB).eval()
+    batch = make_batch(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**batch)
+        hand = model.joiner(out.encoder_out.unsqueeze(2), out.predictor_out.unsqueeze(1))
+        term = out.compute_loss().terms["rnnt"]
+    assert hand.dtype == torch.bfloat16 and out.rnnt_logits.dtype == torch.float32
+    assert torch.equal(out.rnnt_logits, hand.float())
+    nll = rnnt_loss(hand.float(), out.rnnt_targets.int(), out.rnnt_logit_lens.int(), out.rnnt_target_lens.int(),
+                    blank=0, reduction="none")
+    torch.testing.assert_close(term, nll.sum() / out.rnnt_target_lens.sum(), rtol=1e-6, atol=1e-6)
+
+
 def test_config_validation_of_new_keys() -> None:
     with pytest.raises(ValueError, match="decoder.prune_range"):
         make_cfg(prune_range=1)
@@ -498,5 +560,7 @@ def test_config_validation_of_new_keys() -> None:
         make_cfg(fused_batch_size=0)
     with pytest.raises(ValueError, match="decoder.rnnt"):
         make_cfg(rnnt="fast")
+    with pytest.raises(ValueError, match="decoder.joiner_precision"):
+        make_cfg(joiner_precision="bf16")
     cfg = make_cfg(rnnt="pruned", fused_batch_size=4)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -13,6 +13,7 @@ Data flow of ``JustModel.forward`` (shapes: B utterances, T fbank frames, T' lat
           it runs inside the masked pass's front-end call and, unless conv_norm is batch, its stack
           calls, concatenated along the batch: see ``JustModel.joint_stacks_active``)
       joiner(enc, predictor(blank + targets)) --> logits (B_text, T', U+1, V), float32
+          (the joiner in float32, or under the step's autocast with decoder.joiner_precision: autocast)
     How the RNN-T term is computed (``cfg.decoder``):
       rnnt="full", fused_batch_size=None: the logits above are kept in ``JustOutput.rnnt_logits``
           and ``compute_loss`` runs the full fused loss on them;
@@ -562,11 +563,13 @@ class JustModel(nn.Module):
             if dc.rnnt == "pruned":
                 self._pruned_rnnt(out, enc, enc_lens, pred, tg, tl)
             elif dc.fused_batch_size is not None:
-                out.rnnt_nll = sub_batched_rnnt_loss(self.joiner, enc, enc_lens, pred, tg, tl, dc.fused_batch_size)
+                out.rnnt_nll = sub_batched_rnnt_loss(self.joiner, enc, enc_lens, pred, tg, tl, dc.fused_batch_size,
+                                                     precision=dc.joiner_precision)
             else:
-                jdtype = self.joiner.output.weight.dtype
-                with torch.autocast(device_type=enc.device.type, enabled=False):
-                    out.rnnt_logits = self.joiner(enc.to(jdtype).unsqueeze(2), pred.to(jdtype).unsqueeze(1))
+                joiner_ctx = JoinerPrecision(self.joiner, enc.device.type, dc.joiner_precision)
+                with joiner_ctx():
+                    logits = self.joiner(joiner_ctx.inputs(enc).unsqueeze(2), joiner_ctx.inputs(pred).unsqueeze(1))
+                out.rnnt_logits = joiner_ctx.logits(logits)
             if self.ctc_head is not None:
                 with torch.autocast(device_type=enc.device.type, enabled=False):
                     out.ctc_logits = self.ctc_head(enc.to(self.ctc_head.weight.dtype))
@@ -589,10 +592,19 @@ class JustModel(nn.Module):
         assert self.simple_am_proj is not None and self.simple_lm_proj is not None
         dc = self.cfg.decoder
         jdtype = self.joiner.output.weight.dtype  # float32 unless the whole model was cast
+        joiner_ctx = JoinerPrecision(self.joiner, enc.device.type, dc.joiner_precision)
+
+        def join(e: Tensor, p: Tensor) -> Tensor:  # re-enters the step's autocast with "autocast"
+            with joiner_ctx():
+                return joiner_ctx.logits(self.joiner.join(e, p))
+
+        with joiner_ctx():
+            enc_p = self.joiner.project_encoder(joiner_ctx.inputs(enc))
+            pred_p = self.joiner.project_predictor(joiner_ctx.inputs(pred))
         with torch.autocast(device_type=enc.device.type, enabled=False):
             enc_j, pred_j = enc.to(jdtype), pred.to(jdtype)
             res = pruned_rnnt_loss(
-                self.joiner.project_encoder(enc_j), self.joiner.project_predictor(pred_j), self.joiner.join,
+                enc_p, pred_p, join,
                 self.simple_am_proj(enc_j), self.simple_lm_proj(pred_j), targets, enc_lens, target_lens,
                 prune_range=dc.prune_range, blank=0, am_only_scale=dc.simple_am_only_scale,
                 lm_only_scale=dc.simple_lm_only_scale, reduction="none",
@@ -606,9 +618,43 @@ class JustModel(nn.Module):
         out.rnnt_nll = simple_scale * res.simple + pruned_scale * res.pruned
 
 
+class JoinerPrecision:
+    """Where the joiner runs (``decoder.joiner_precision``), captured when constructed.
+
+    ``"float32"``: autocast off, inputs cast to the joiner's own dtype (float32 unless the whole
+    model was cast). ``"autocast"``: the autocast state that is active at construction (the
+    training step's, e.g. bf16 under ``bf16-mixed``), re-entered by every call of the instance, so
+    it also holds inside regions that turned autocast off (the loss functions) and in activation
+    recomputation; the logits are then cast up to at least float32 for the loss.
+
+    Use ``with jp(): logits = joiner(jp.inputs(enc), jp.inputs(pred))``, then ``jp.logits(logits)``.
+    """
+
+    def __init__(self, joiner: Joiner, device_type: str, precision: str) -> None:
+        if precision not in ("float32", "autocast"):
+            raise ValueError(f"joiner_precision must be 'float32' or 'autocast', got {precision!r}")
+        self.device_type = device_type
+        self.dtype = joiner.output.weight.dtype
+        self.mixed = precision == "autocast" and torch.is_autocast_enabled(device_type)
+        self.autocast_dtype = torch.get_autocast_dtype(device_type) if self.mixed else None
+
+    def __call__(self) -> torch.autocast:
+        if self.mixed:
+            return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.device_type, enabled=False)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """``x`` as the joiner should read it (autocast casts it itself when mixed)."""
+        return x if self.mixed else x.to(self.dtype)
+
+    def logits(self, logits: Tensor) -> Tensor:
+        """Logits for the loss: at least float32 when mixed, as computed otherwise."""
+        return logits.to(torch.promote_types(logits.dtype, torch.float32)) if self.mixed else logits
+
+
 def sub_batched_rnnt_loss(
     joiner: Joiner, enc: Tensor, enc_lens: Tensor, pred: Tensor, targets: Tensor, target_lens: Tensor,
-    sub_batch: int,
+    sub_batch: int, precision: str = "float32",
 ) -> Tensor:
     """Full joiner + full RNN-T loss over sub-batches of ``sub_batch`` utterances (blank = 0).
 
@@ -618,6 +664,7 @@ def sub_batched_rnnt_loss(
         pred: ``(B, U+1, P)`` predictor output on ``blank + targets``.
         targets: int ``(B, U)`` label ids; target_lens: int ``(B,)``.
         sub_batch: utterances per sub-batch (>= 1).
+        precision: ``decoder.joiner_precision`` (see :class:`JoinerPrecision`).
 
     Returns:
         float32 ``(B,)`` per-utterance negative log-likelihoods (no reduction).
@@ -630,10 +677,11 @@ def sub_batched_rnnt_loss(
     """
     if sub_batch < 1:
         raise ValueError(f"sub_batched_rnnt_loss: sub_batch must be >= 1, got {sub_batch}")
-    jdtype = joiner.output.weight.dtype
+    jp = JoinerPrecision(joiner, enc.device.type, precision)
+    with jp():
+        enc_p = joiner.project_encoder(jp.inputs(enc))  # (B, T', J)
+        pred_p = joiner.project_predictor(jp.inputs(pred))  # (B, U+1, J)
     with torch.autocast(device_type=enc.device.type, enabled=False):
-        enc_p = joiner.project_encoder(enc.to(jdtype))  # (B, T', J)
-        pred_p = joiner.project_predictor(pred.to(jdtype))  # (B, U+1, J)
         costs = []
         for i in range(0, enc.size(0), sub_batch):
             t_sub = enc_lens[i : i + sub_batch]
@@ -644,7 +692,8 @@ def sub_batched_rnnt_loss(
             y = targets[i : i + sub_batch, :u_max].to(torch.int32)
 
             def joint_loss(e: Tensor, p: Tensor, y: Tensor = y, t_sub: Tensor = t_sub, u_sub: Tensor = u_sub) -> Tensor:
-                logits = joiner.join(e.unsqueeze(2), p.unsqueeze(1))  # (b, T', U+1, V)
+                with jp():
+                    logits = joiner.join(e.unsqueeze(2), p.unsqueeze(1))  # (b, T', U+1, V)
                 return rnnt_loss(logits.float(), y, t_sub.to(torch.int32), u_sub.to(torch.int32), blank=0,
                                  reduction="none")
 
