@@ -10,6 +10,10 @@
   be the same mask times ``1 / (1 - p)``, the keep rate must be ``1 - p`` (binomial bounds; rates
   near 0 or 1 included), elements sharing one 64-bit draw must be independent, and eval / ``p = 0``
   / ``p = 1`` must behave as ``F.dropout``.
+* ``ConvSubsampling`` runs its convolutions on channels-last tensors on CPU and reads the last one
+  in place with the projection's columns reordered: outputs and gradients must equal the NCHW
+  formulation (``Conv2d`` modules, ``(B, T', C * F')`` projection), and the weights' gradients must
+  keep the parameters' strides.
 """
 
 from __future__ import annotations
@@ -190,6 +194,42 @@ def test_conv_module_bf16_two_threads_returns() -> None:
     res = subprocess.run([sys.executable, "-c", _TWO_THREAD_BF16], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["ok", "True"]
+
+
+def reference_conv_subsampling(fe: ConvSubsampling, features: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """The NCHW formulation (the module's previous code path), dropout off."""
+    x = torch.relu(fe.conv1(features.unsqueeze(1)))
+    x = torch.relu(fe.conv2(x))
+    if fe.conv3 is not None:
+        x = torch.relu(fe.conv3(x))
+    b, c, t, f = x.shape
+    x = fe.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+    valid = torch.arange(t)[None, :] < fe.output_lengths(lens)[:, None]
+    return x * valid.unsqueeze(-1).to(x.dtype)
+
+
+@pytest.mark.parametrize("num_layers", [2, 3])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_conv_subsampling_channels_last_matches_the_nchw_formulation(num_layers: int, bf16: bool) -> None:
+    torch.manual_seed(0)
+    fe = ConvSubsampling(input_dim=80, channels=6, d_model=10, num_layers=num_layers).eval()
+    features = torch.randn(3, 41, 80)
+    lens = torch.tensor([41, 30, 20])
+    grad = torch.randn(3, fe.output_lengths(lens).max().item(), 10)
+    results = []
+    for run in (lambda: fe(features, lens)[0], lambda: reference_conv_subsampling(fe, features, lens)):
+        fe.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = run()
+        y.float().backward(grad)
+        results.append((y.detach().float(), {n: p.grad.clone() for n, p in fe.named_parameters()}))
+    (y, g), (y_ref, g_ref) = results
+    tol = {"atol": 2e-2, "rtol": 2e-2} if bf16 else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(y, y_ref, **tol)
+    assert g.keys() == g_ref.keys()
+    for n, p in fe.named_parameters():
+        torch.testing.assert_close(g[n], g_ref[n], **tol)
+        assert g[n].stride() == p.stride(), n
 
 
 def test_conv_module_padding_does_not_leak() -> None:

@@ -189,12 +189,25 @@ class ConvSubsampling(nn.Module):
                 f"an utterance has {int(lengths.min())} frames; the {self.num_layers}-layer conv2d front end "
                 f"needs at least {self.min_input_frames} (filter short cuts out in the data pipeline)"
             )
-        x = torch.relu(self.conv1(features.unsqueeze(1)))  # (B, C, T1, F1)
-        x = torch.relu(self.conv2(x))  # (B, C, T2, F2)
-        if self.conv3 is not None:
-            x = torch.relu(self.conv3(x))  # (B, C, T3, F3)
+        x = self.conv1(features.unsqueeze(1))  # (B, C, T1, F1)
+        channels_last = x.device.type == "cpu"
+        if channels_last:
+            # oneDNN runs the stride-2 convolutions after the first (forward and backward) about twice
+            # as fast on channels-last tensors and weights; the ReLU comes after the layout change so
+            # that its saved output and the gradient reaching it share one layout (BENCHMARKS.md)
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.relu(x)
+        for conv in (self.conv2, self.conv3):
+            if conv is not None:
+                weight = conv.weight.contiguous(memory_format=torch.channels_last) if channels_last else conv.weight
+                x = torch.relu(F.conv2d(x, weight, conv.bias, stride=conv.stride))  # (B, C, T', F')
         b, c, t, f = x.shape
-        x = self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        if channels_last:
+            # (B, T', F', C) in memory: read in place, the projection's columns taken in (f, c) order
+            w = self.proj.weight.view(-1, c, f).transpose(1, 2).reshape(-1, f * c)
+            x = F.linear(x.permute(0, 2, 3, 1).reshape(b, t, f * c), w, self.proj.bias)
+        else:
+            x = self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
         out_lens = self.output_lengths(lengths)
         x = x * lengths_to_padding_mask(out_lens, t).unsqueeze(-1).to(x.dtype)
         return self.dropout(x), out_lens
