@@ -536,6 +536,34 @@ def test_joiner_precision_autocast_runs_the_joiner_under_the_steps_autocast(path
             assert cos > 0.99, (n, float(cos))
 
 
+@pytest.mark.parametrize("precision", ["float32", "autocast"])
+@pytest.mark.parametrize("path", JOINER_PATHS, ids=["full", "full-sub-batched", "pruned", "pruned-sub-batched"])
+def test_encoder_and_predictor_outputs_are_cast_to_float32_at_most_once(path: dict[str, Any], precision: str) -> None:
+    """Under bf16 autocast, the float32 consumers of the bf16 encoder/predictor outputs (the float32
+    joiner, the pruned loss's simple heads) share one cast: their gradients add up in float32 and
+    are rounded to bf16 once (two casts rounded each part and added them in bf16)."""
+    torch.manual_seed(0)
+    model = JustModel(make_cfg(joiner_precision=precision, **path), VOCAB).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(**make_batch(3))
+        loss = out.compute_loss().terms["rnnt"]
+    assert out.encoder_out.dtype == out.predictor_out.dtype == torch.bfloat16
+    casts = {out.encoder_out.grad_fn: 0, out.predictor_out.grad_fn: 0}
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nexts = [n for n, _ in node.next_functions]
+        if type(node).__name__ == "ToCopyBackward0":
+            for n in nexts:
+                if n in casts:
+                    casts[n] += 1
+        stack.extend(nexts)
+    assert set(casts.values()) <= {0, 1}, casts
+
+
 def test_joiner_precision_autocast_logits_are_the_bf16_joiners_in_float32() -> None:
     """The full path's logits equal the joiner run by hand under bf16 autocast and cast to float32,
     and the RNN-T term is the float32 loss of exactly those logits."""

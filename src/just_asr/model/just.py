@@ -247,10 +247,10 @@ class JustOutput:
             per_utt = self.rnnt_nll.float()
         else:
             assert self.rnnt_logits is not None
-            # The joiner runs in float32 and ends in nn.Linear, whose backward does not read its own
-            # output, so the loss may write its gradient into the logits' storage: the extra peak
-            # memory of the loss then stays far below one logits tensor. After backward,
-            # ``rnnt_logits`` holds that gradient, not the logits.
+            # float32 logits come from the joiner's last nn.Linear or (joiner_precision: autocast) from
+            # a cast of its bf16 output; neither backward reads its own output, so the loss may write
+            # its gradient into the logits' storage: the extra peak memory of the loss then stays far
+            # below one logits tensor. After backward, ``rnnt_logits`` holds that gradient, not the logits.
             per_utt = rnnt_loss(
                 self.rnnt_logits, self.rnnt_targets.to(torch.int32), self.rnnt_logit_lens.to(torch.int32),
                 self.rnnt_target_lens.to(torch.int32), blank=0, reduction="none",
@@ -598,11 +598,13 @@ class JustModel(nn.Module):
             with joiner_ctx():
                 return joiner_ctx.logits(self.joiner.join(e, p))
 
+        # one float32 copy of each input feeds the simple heads and, unless mixed, the joiner: their
+        # gradients then add up in float32 and reach the bf16 encoder/predictor rounded once
+        enc_j, pred_j = enc.to(jdtype), pred.to(jdtype)
         with joiner_ctx():
-            enc_p = self.joiner.project_encoder(joiner_ctx.inputs(enc))
-            pred_p = self.joiner.project_predictor(joiner_ctx.inputs(pred))
+            enc_p = self.joiner.project_encoder(enc if joiner_ctx.mixed else enc_j)
+            pred_p = self.joiner.project_predictor(pred if joiner_ctx.mixed else pred_j)
         with torch.autocast(device_type=enc.device.type, enabled=False):
-            enc_j, pred_j = enc.to(jdtype), pred.to(jdtype)
             res = pruned_rnnt_loss(
                 enc_p, pred_p, join,
                 self.simple_am_proj(enc_j), self.simple_lm_proj(pred_j), targets, enc_lens, target_lens,
