@@ -533,12 +533,24 @@ def test_bad_safetensors_index_names_the_file_and_key(tmp_path: Path) -> None:
         ({"encoder.layers.0.ffn1.output_dense.bias": 3}, r"weight_map\['encoder\.layers\.0\.ffn1\.output_dense\.bias'\] = 3, expected a file name"),
         ({"masked_spec_embed": None}, r"weight_map\['masked_spec_embed'\] = None, expected a file name"),
         (["model.safetensors"], r"'weight_map' is a list, expected an object"),
+        ({"masked_spec_embed": "/elsewhere/model.safetensors"}, r"weight_map\['masked_spec_embed'\] = '/elsewhere/model\.safetensors' points outside"),
+        ({"masked_spec_embed": "../other/model.safetensors"}, r"weight_map\['masked_spec_embed'\] = '\.\./other/model\.safetensors' points outside"),
     ]:
         index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
         with pytest.raises(HfImportError, match=r"hf/model\.safetensors\.index\.json: " + match):
             import_w2v_bert(hf_dir, vocab_size=5)
     index.write_bytes(b'{"weight_map": {"a": "\xff"}}')
     with pytest.raises(HfImportError, match=r"hf/model\.safetensors\.index\.json: not a safetensors index"):
+        import_w2v_bert(hf_dir, vocab_size=5)
+
+
+def test_a_config_that_does_not_describe_the_weights_is_refused_before_allocating(tmp_path: Path) -> None:
+    """A mistyped hidden_size (2**20: its model would need terabytes) is a shape error naming the
+    files, found on a meta-device model, not an allocation failure."""
+    _, hf_dir = _random_hf_model(tmp_path)
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**cfg, "hidden_size": 2**20}))
+    with pytest.raises(HfImportError, match=r"model\.safetensors: tensor '.*' has shape \(.*\) but .*config\.json implies \(.*1048576"):
         import_w2v_bert(hf_dir, vocab_size=5)
 
 

@@ -155,6 +155,9 @@ def _weight_files(hf_dir: Path) -> list[Path]:
         for key, name in weight_map.items():
             if not isinstance(name, str) or not name:
                 raise HfImportError(f"{index}: weight_map[{key!r}] = {name!r}, expected a file name (string)")
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise HfImportError(f"{index}: weight_map[{key!r}] = {name!r} points outside {hf_dir}; shards are "
+                                    "named relative to the checkpoint directory")
         files = sorted({hf_dir / name for name in weight_map.values()})
         for f in files:
             if not f.is_file():
@@ -496,10 +499,10 @@ def import_w2v_bert(
         mask_replace = "learned" if has_embed else "noise"
     cfg, notes = hf_config_to_model_config(hf_cfg, contrastive_layers, base, mask_replace, encoder_dropout, cfg_file)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = JustModel(cfg, vocab_size)
-    own = model.state_dict()
+    # names and shapes from a model on the meta device (no memory): a config.json that does not
+    # describe the weights (e.g. a mistyped hidden_size) is refused before a real model is allocated
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        own = JustModel(cfg, vocab_size).state_dict()
     take: dict[str, Tensor] = {}
     imported: dict[str, str] = {}
     unused: dict[str, str] = {}
@@ -530,7 +533,10 @@ def import_w2v_bert(
             f"{hf_dir / weights_name}: the checkpoint lacks {len(missing)} encoder tensors that {cfg_file} implies "
             f"({shown}); is the file complete?"
         )
-    model.load_state_dict({**own, **take}, strict=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = JustModel(cfg, vocab_size)
+    model.load_state_dict({**model.state_dict(), **take}, strict=True)
     model.eval()
     fresh = sorted(k for k in own if k not in take)
     return ImportResult(
