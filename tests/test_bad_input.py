@@ -518,3 +518,32 @@ def test_data_issue_report_file(tmp_path, capsys):
     ranked = SimpleNamespace(**{**vars(trainer), "world_size": 2, "global_rank": 1})
     assert cb.write(ranked) == tmp_path / "data_issues.rank1.json"
     assert "(rank 1)" in capsys.readouterr().out
+
+    # DDP resume: the checkpoint holds rank 0's list; rank 1 goes on with its own file's, not rank 0's
+    ddp_dir = tmp_path / "ddp"
+    rank_lists = {0: ["/r0.flac"], 1: ["/r1.flac", "/r1b.flac"]}
+    states = {}
+    for rank, paths in rank_lists.items():
+        c = ErrorCollector(log=False)
+        for p in paths:
+            c.report(p, "audio file not found")
+        t = SimpleNamespace(datamodule=SimpleNamespace(data_issues=lambda c=c: {"train": c}), world_size=2,
+                            global_rank=rank, default_root_dir=str(ddp_dir))
+        before = DataIssueReport()
+        before.setup(t, None, "fit")
+        states[rank] = before.state_dict()
+        before.on_save_checkpoint(t, None, {})  # each rank writes its file at the checkpoint
+    assert states[0]["rank"] == 0 and states[1]["rank"] == 1
+    saved = json.loads(json.dumps(states[0]))  # what rank 0 wrote into the checkpoint
+    for rank, paths in rank_lists.items():
+        t = SimpleNamespace(datamodule=SimpleNamespace(data_issues=lambda: {"train": ErrorCollector(log=False)}),
+                            world_size=2, global_rank=rank, default_root_dir=str(ddp_dir))
+        after = DataIssueReport()
+        after.setup(t, None, "fit")  # Lightning: setup, then the checkpoint's callback state
+        after.load_state_dict(saved)
+        assert [i.path for i in after.merged()["train"].issues] == paths, rank
+    # a checkpoint from before the rank was saved counts as rank 0's
+    legacy = DataIssueReport()
+    legacy.setup(SimpleNamespace(**{**vars(trainer), "datamodule": None}), None, "fit")
+    legacy.load_state_dict({"issues": saved["issues"]})
+    assert [i.path for i in legacy.merged()["train"].issues] == ["/r0.flac"]

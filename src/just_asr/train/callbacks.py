@@ -325,7 +325,8 @@ class DataIssueReport(pl.Callback):
     * The list is part of the checkpoint (this callback's state), so a resumed run, even after a
       ``kill -9``, goes on with it: the problems met before the checkpoint stay listed and counted
       although exact resume does not read those batches again. Under DDP the checkpoint holds rank
-      0's list (each rank's file has its own).
+      0's list, and every other rank, when resumed, takes its earlier issues from its own
+      ``data_issues.rank<k>.json`` instead (written at the same checkpoint).
 
     It reads the DataModule's ``data_issues()`` (:class:`~just_asr.train.datamodule.JustDataModule`);
     with another DataModule only the issues restored from a checkpoint are kept. Issues found in
@@ -343,7 +344,8 @@ class DataIssueReport(pl.Callback):
             raise ValueError(f"data_issues.max_listed must be >= 0, got {max_listed}")
         self.max_listed = int(max_listed)
         self._trainer: pl.Trainer | None = None
-        self._earlier: dict[str, Any] = {}  # name -> ErrorCollector restored from a checkpoint
+        self._restored: dict[str, Any] | None = None  # this callback's checkpoint state, when resumed
+        self._earlier_cache: dict[str, Any] | None = None  # name -> ErrorCollector met before the checkpoint
         self._count: tuple[int, float] = (-1, 0.0)  # (issues seen, merged skipped count) for the metric
 
     # ------------------------------------------------------------------ what the run met
@@ -359,13 +361,33 @@ class DataIssueReport(pl.Callback):
 
         out: dict[str, Any] = {}
         live = self._live(trainer if trainer is not None else self._trainer)
-        for name in ("train", "dev", *sorted((set(self._earlier) | set(live)) - {"train", "dev"})):
+        earlier = self._earlier()
+        for name in ("train", "dev", *sorted((set(earlier) | set(live)) - {"train", "dev"})):
             c = ErrorCollector(log=False)
-            for part in (self._earlier.get(name), live.get(name)):
+            for part in (earlier.get(name), live.get(name)):
                 if part is not None:
                     c.extend(part.issues)
             out[name] = c
         return out
+
+    def _earlier(self) -> dict[str, Any]:
+        """The issues met before the checkpoint this run resumed from (``{}`` for a new run): the
+        checkpoint's list when this process has the rank that saved it, else this rank's own file."""
+        if self._earlier_cache is None:
+            from just_asr.data.errors import ErrorCollector
+
+            state = self._restored or {}
+            lists = state.get("issues", {})
+            trainer = self._trainer
+            if trainer is not None and self._restored is not None and trainer.global_rank != int(state.get("rank", 0)):
+                own = self.path(trainer)
+                try:
+                    lists = json.loads(own.read_text(encoding="utf-8")) if own.is_file() else {}
+                except (OSError, ValueError) as exc:
+                    log.warning("%s: not read (%s); this rank's issues before the checkpoint are not listed", own, exc)
+                    lists = {}
+            self._earlier_cache = {name: ErrorCollector.from_dict(data) for name, data in lists.items()}
+        return self._earlier_cache
 
     def path(self, trainer: pl.Trainer) -> Path:
         name = self.FILE_NAME if trainer.world_size == 1 else f"data_issues.rank{trainer.global_rank}.json"
@@ -374,12 +396,13 @@ class DataIssueReport(pl.Callback):
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
+        self._earlier_cache = None  # the rank is known now
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         live = self._live(trainer).get("train")
         if live is None:
             return
-        earlier = self._earlier.get("train")
+        earlier = self._earlier().get("train")
         seen = len(live)
         if seen != self._count[0]:  # recount only when something new was reported
             if earlier is None or not len(earlier):
@@ -399,12 +422,12 @@ class DataIssueReport(pl.Callback):
         self.write(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"issues": {name: c.to_dict() for name, c in self.merged().items()}}
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        return {"rank": int(rank), "issues": {name: c.to_dict() for name, c in self.merged().items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        from just_asr.data.errors import ErrorCollector
-
-        self._earlier = {name: ErrorCollector.from_dict(data) for name, data in state_dict.get("issues", {}).items()}
+        self._restored = dict(state_dict)
+        self._earlier_cache = None  # resolved against this process's rank when first needed
         self._count = (-1, 0.0)
 
     # ------------------------------------------------------------------ the report
