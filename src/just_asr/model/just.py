@@ -591,7 +591,6 @@ class JustModel(nn.Module):
         and ``rnnt_scales``."""
         assert self.simple_am_proj is not None and self.simple_lm_proj is not None
         dc = self.cfg.decoder
-        jdtype = self.joiner.output.weight.dtype  # float32 unless the whole model was cast
         joiner_ctx = JoinerPrecision(self.joiner, enc.device.type, dc.joiner_precision)
 
         def join(e: Tensor, p: Tensor) -> Tensor:  # re-enters the step's autocast with "autocast"
@@ -600,7 +599,7 @@ class JustModel(nn.Module):
 
         # one float32 copy of each input feeds the simple heads and, unless mixed, the joiner: their
         # gradients then add up in float32 and reach the bf16 encoder/predictor rounded once
-        enc_j, pred_j = enc.to(jdtype), pred.to(jdtype)
+        enc_j, pred_j = enc.to(joiner_ctx.dtype), pred.to(joiner_ctx.dtype)  # float32 unless the model was cast
         with joiner_ctx():
             enc_p = self.joiner.project_encoder(enc if joiner_ctx.mixed else enc_j)
             pred_p = self.joiner.project_predictor(pred if joiner_ctx.mixed else pred_j)
@@ -683,24 +682,24 @@ def sub_batched_rnnt_loss(
     with jp():
         enc_p = joiner.project_encoder(jp.inputs(enc))  # (B, T', J)
         pred_p = joiner.project_predictor(jp.inputs(pred))  # (B, U+1, J)
-    with torch.autocast(device_type=enc.device.type, enabled=False):
-        costs = []
-        for i in range(0, enc.size(0), sub_batch):
-            t_sub = enc_lens[i : i + sub_batch]
-            u_sub = target_lens[i : i + sub_batch]
-            t_max, u_max = int(t_sub.max()), int(u_sub.max())
-            e = enc_p[i : i + sub_batch, :t_max]
-            p = pred_p[i : i + sub_batch, : u_max + 1]
-            y = targets[i : i + sub_batch, :u_max].to(torch.int32)
+    # each sub-batch joins under jp() and rnnt_loss turns autocast off itself
+    costs = []
+    for i in range(0, enc.size(0), sub_batch):
+        t_sub = enc_lens[i : i + sub_batch]
+        u_sub = target_lens[i : i + sub_batch]
+        t_max, u_max = int(t_sub.max()), int(u_sub.max())
+        e = enc_p[i : i + sub_batch, :t_max]
+        p = pred_p[i : i + sub_batch, : u_max + 1]
+        y = targets[i : i + sub_batch, :u_max].to(torch.int32)
 
-            def joint_loss(e: Tensor, p: Tensor, y: Tensor = y, t_sub: Tensor = t_sub, u_sub: Tensor = u_sub) -> Tensor:
-                with jp():
-                    logits = joiner.join(e.unsqueeze(2), p.unsqueeze(1))  # (b, T', U+1, V)
-                return rnnt_loss(logits.float(), y, t_sub.to(torch.int32), u_sub.to(torch.int32), blank=0,
-                                 reduction="none")
+        def joint_loss(e: Tensor, p: Tensor, y: Tensor = y, t_sub: Tensor = t_sub, u_sub: Tensor = u_sub) -> Tensor:
+            with jp():
+                logits = joiner.join(e.unsqueeze(2), p.unsqueeze(1))  # (b, T', U+1, V)
+            return rnnt_loss(logits.float(), y, t_sub.to(torch.int32), u_sub.to(torch.int32), blank=0,
+                             reduction="none")
 
-            if torch.is_grad_enabled() and (e.requires_grad or p.requires_grad):
-                costs.append(torch.utils.checkpoint.checkpoint(joint_loss, e, p, use_reentrant=False))
-            else:
-                costs.append(joint_loss(e, p))
+        if torch.is_grad_enabled() and (e.requires_grad or p.requires_grad):
+            costs.append(torch.utils.checkpoint.checkpoint(joint_loss, e, p, use_reentrant=False))
+        else:
+            costs.append(joint_loss(e, p))
     return torch.cat(costs)
