@@ -48,6 +48,14 @@ Reported per config (all in this one process, ``torch.set_num_threads(--threads)
 * ``roof % (CPU time)``: the same ratio with process CPU time in place of wall time on both sides
   (GFLOP/step / CPU s per step over the matmul's GFLOP per CPU second): on a shared machine this
   is the steadier of the two, since neither side is charged for time spent waiting for a core.
+* ``faults/step``: minor page faults of the process per timed step (``getrusage``), i.e. memory the
+  kernel had to map (and zero) again because the allocator had given it back.
+
+``--malloc tuned`` (the default) applies :func:`just_asr.runtime.tune_malloc` at start-up, as
+``just-asr fit`` does; ``--malloc default`` keeps glibc's own settings. An allocator setting cannot
+be compared within one process, so ``--compare-malloc ROUNDS`` runs this script's other arguments
+in ROUNDS x 2 child processes, ``--malloc default`` then ``--malloc tuned`` back to back in each
+round, and prints both medians, faults per step and the speed-up per round and over the rounds.
 
 ``--compile`` runs every conformer block through ``torch.compile`` (``dynamic=True``; ``--compile-static``
 for one graph per shape) before the timed steps; the first step, which compiles, is timed apart.
@@ -101,9 +109,13 @@ about 0.6B parameters) is meant for this mode; on the CPU it is selectable but s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import tempfile
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -297,16 +309,17 @@ def repeats_for(args: argparse.Namespace, preset: str) -> int:
 
 
 def time_config(model, opt, batch: dict[str, torch.Tensor], precision: str, args: argparse.Namespace,
-                reps: int) -> tuple[float, float, list[float], list[float]]:
+                reps: int) -> tuple[float, float, list[float], list[float], float]:
     """FLOPs of one step, then ``--compile`` (if asked), ``--warmup`` untimed steps and ``reps`` timed
-    ones: ``(flops, compile_s, wall_times, process_cpu_times)``. On a GPU each timed step is
-    synchronised before and after (its CPU time then means little)."""
+    ones: ``(flops, compile_s, wall_times, process_cpu_times, minor_page_faults_per_step)``. On a GPU
+    each timed step is synchronised before and after (its CPU time then means little)."""
     device = batch["features"].device
     flops = count_flops(model, batch, precision)
     compile_s = compile_blocks(model, opt, batch, precision, args)
     for _ in range(args.warmup):
         train_step(model, opt, batch, precision)
     times, cpu = [], []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(reps):
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -314,7 +327,8 @@ def time_config(model, opt, batch: dict[str, torch.Tensor], precision: str, args
         _sync(device)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return flops, compile_s, times, cpu
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / reps
+    return flops, compile_s, times, cpu, faults
 
 
 def count_flops(model, batch: dict[str, torch.Tensor], precision: str) -> float:
@@ -599,7 +613,7 @@ def run_gpu(args: argparse.Namespace, configs: list[tuple[str, str, str, str]], 
         model, opt, _ = build(preset, rnnt, objective, adamw=args.adamw, branch=args.rnnt_branch, device=str(device))
         n_params = sum(q.numel() for q in model.parameters())
         reps = repeats_for(args, preset)
-        flops, compile_s, times, _ = time_config(model, opt, batch, precision, args, reps)
+        flops, compile_s, times, _, _ = time_config(model, opt, batch, precision, args, reps)
         med = statistics.median(times)
         mem = torch.cuda.max_memory_allocated(device) / 2**30
         roof, _ = matmul_roof(size, dtypes[precision], device=str(device))
@@ -738,6 +752,60 @@ def run_processes(args: argparse.Namespace, configs: list[tuple[str, str, str, s
     return 0
 
 
+def _child_argv(argv: list[str]) -> list[str]:
+    """``argv`` without ``--compare-malloc``, ``--malloc`` and ``--result-json`` (and their values)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--compare-malloc", "--malloc", "--result-json"):
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def run_compare_malloc(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--compare-malloc ROUNDS``: each round runs this script with the other arguments twice, in child
+    processes, ``--malloc default`` then ``--malloc tuned``; prints their medians and faults per step,
+    the speed-up per round, and the median speed-up over the rounds."""
+    print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}; "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.2f}")
+    print_command_and_setup(args)
+    base = [sys.executable, str(Path(__file__).resolve()), *_child_argv(argv)]
+    print(f"each round: {' '.join(Path(a).name if i < 2 else a for i, a in enumerate(base))} --malloc default|tuned")
+    print()
+    print("| round | preset | precision | RNN-T | objective | default: ms/step (CPU ms) | faults/step "
+          "| tuned: ms/step (CPU ms) | faults/step | speed-up (wall) | speed-up (CPU) | x real time tuned |")
+    print("|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    ratios: dict[tuple, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(1, args.compare_malloc + 1):
+            results = {}
+            for mode in ("default", "tuned"):
+                out = Path(tmp) / f"{mode}.json"
+                proc = subprocess.run([*base, "--malloc", mode, "--result-json", str(out)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stdout + proc.stderr)
+                    print(f"train_step.py: the --malloc {mode} child of round {rnd} exited with {proc.returncode}",
+                          file=sys.stderr)
+                    return 1
+                results[mode] = json.loads(out.read_text())
+            for d, t in zip(results["default"], results["tuned"]):
+                key = (d["preset"], d["precision"], d["rnnt"], d["objective"])
+                ratios.setdefault(key, []).append(d["ms"] / t["ms"])
+                print(f"| {rnd} | {' | '.join(key)} | {d['ms']:.0f} ({d['cpu_ms']:.0f}) | {d['faults_per_step']:.0f} "
+                      f"| {t['ms']:.0f} ({t['cpu_ms']:.0f}) | {t['faults_per_step']:.0f} | {d['ms'] / t['ms']:.2f}x "
+                      f"| {d['cpu_ms'] / t['cpu_ms']:.2f}x | {t['x_real_time']:.0f} |", flush=True)
+    print()
+    for key, r in ratios.items():
+        print(f"{' '.join(key)}: median speed-up (wall) over {len(r)} rounds {statistics.median(r):.2f}x "
+              f"(min {min(r):.2f}x, max {max(r):.2f}x)")
+    return 0
+
+
 def _selected(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     only = None
     if args.only:
@@ -798,6 +866,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --compare-src: the candidate model from DIR/just_asr instead of this checkout")
     p.add_argument("--compare-adamw", action="store_true",
                    help="before/after in one process: the for-loop AdamW against the project's (fused)")
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="tuned (default): just_asr.runtime.tune_malloc() at start-up, as just-asr fit does; "
+                        "default: glibc's own malloc settings")
+    p.add_argument("--compare-malloc", type=int, default=0, metavar="ROUNDS",
+                   help="run the other arguments in 2 x ROUNDS child processes, --malloc default then tuned "
+                        "in each round, and print the speed-up (CPU, one process per run)")
+    p.add_argument("--result-json", default=None, metavar="PATH", help="also write the table's rows to PATH (JSON)")
     p.add_argument("--processes", type=int, default=1,
                    help="CPU: N data-parallel processes (DDP over gloo) of --threads threads each, as just-asr fit "
                         "--trainer.devices N --trainer.strategy ddp (default 1: one process)")
@@ -812,6 +887,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT / "src"))
+    if args.compare_malloc:
+        if args.compare_malloc < 1:
+            p.error(f"--compare-malloc must be >= 1, got {args.compare_malloc}")
+        if (args.compare_src or args.compare_adamw or args.profile or args.compile or args.processes > 1
+                or args.loader or args.device != "cpu"):
+            p.error("--compare-malloc runs plain CPU configs (no --compare-src/--compare-adamw/--profile/"
+                    "--compile/--processes/--loader/--device)")
+        return run_compare_malloc(args, list(sys.argv[1:] if argv is None else argv))
+    if args.malloc == "tuned":
+        from just_asr.runtime import tune_malloc
+
+        tune_malloc()
     torch.set_num_threads(args.threads)
     if args.loader is not None:
         return run_loader(args)
@@ -869,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = batches[preset]
         audio = float(batch["feature_lens"].sum()) * FRAME_SHIFT_S
         reps = repeats_for(args, preset)
-        flops, compile_s, times, cpu = time_config(model, opt, batch, precision, args, reps)
+        flops, compile_s, times, cpu, faults = time_config(model, opt, batch, precision, args, reps)
         if args.compile:
             print(f"  {preset} {precision} {rnnt} {objective}: first (compiling) step {compile_s:.0f} s", flush=True)
         med = statistics.median(times)
@@ -878,22 +965,26 @@ def main(argv: list[str] | None = None) -> int:
         achieved = flops / med
         roof_pct_cpu = 100 * (flops / cpu_med) / roof_cpu
         row = (preset, precision, rnnt, objective, med * 1e3, min(times) * 1e3, audio / med, flops / 1e9,
-               achieved / 1e9, 100 * achieved / roof, reps, cpu_med * 1e3, roof / 1e9, roof_pct_cpu)
+               achieved / 1e9, 100 * achieved / roof, reps, cpu_med * 1e3, roof / 1e9, roof_pct_cpu, faults)
         rows.append(row)
         print(f"  {preset} {precision} {rnnt} {objective}: {med * 1e3:.0f} ms/step (min {min(times) * 1e3:.0f}), "
               f"{audio / med:.0f}x real time, {flops / 1e9:.2f} GFLOP/step, {100 * achieved / roof:.1f}% "
-              f"of the matmul roof", flush=True)
+              f"of the matmul roof, {faults:.0f} page faults/step", flush=True)
         if args.profile:
             profiles.append((f"{preset} {precision} {rnnt} {objective}",
                              profile_step(model, opt, batch, precision, args.top)))
         del model, opt
     print()
     print("| preset | precision | RNN-T | objective | ms/step (median) | min | CPU ms/step | x real time | "
-          "GFLOP/step | GFLOP/s | roof GFLOP/s | roof % | roof % (CPU time) | repeats |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "GFLOP/step | GFLOP/s | roof GFLOP/s | roof % | roof % (CPU time) | faults/step | repeats |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.0f} | {r[5]:.0f} | {r[11]:.0f} | {r[6]:.0f} | "
-              f"{r[7]:.2f} | {r[8]:.1f} | {r[12]:.0f} | {r[9]:.1f} | {r[13]:.1f} | {r[10]} |")
+              f"{r[7]:.2f} | {r[8]:.1f} | {r[12]:.0f} | {r[9]:.1f} | {r[13]:.1f} | {r[14]:.0f} | {r[10]} |")
+    if args.result_json:
+        keys = ("preset", "precision", "rnnt", "objective", "ms", "min_ms", "x_real_time", "gflop", "gflops",
+                "roof_pct", "repeats", "cpu_ms", "roof_gflops", "roof_pct_cpu", "faults_per_step")
+        Path(args.result_json).write_text(json.dumps([dict(zip(keys, r)) for r in rows]))
     for name, text in profiles:
         print(f"\n### Profile: {name}\n\n{text}")
     return 0

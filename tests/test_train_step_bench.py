@@ -75,3 +75,36 @@ def test_processes_refuses_what_it_cannot_combine(bench):
         bench.main([*SMALL, "--processes", "2", "--profile"])
     with pytest.raises(SystemExit):
         bench.main([*SMALL, "--processes", "0"])
+
+
+def test_child_argv_drops_only_the_malloc_options(bench):
+    argv = ["--presets", "tiny", "--compare-malloc", "3", "--malloc=default", "--repeats", "4",
+            "--result-json", "/tmp/x.json", "--compare-malloc=2", "--only", "bf16"]
+    assert bench._child_argv(argv) == ["--presets", "tiny", "--repeats", "4", "--only", "bf16"]
+
+
+def test_compare_malloc_runs_both_settings_in_child_processes(bench, capsys):
+    assert bench.main([*SMALL, "--threads", "1", "--compare-malloc", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "--malloc default|tuned" in out
+    (row,) = [r for r in (line.strip().strip("|").split("|") for line in out.splitlines() if line.startswith("| 1 |"))]
+    row = [c.strip() for c in row]
+    assert row[1:5] == ["tiny", "bf16", "full", "just"]
+    d_ms, t_ms = float(row[5].split()[0]), float(row[7].split()[0])
+    d_faults, t_faults = float(row[6]), float(row[8])
+    assert d_faults >= 0 and t_faults >= 0
+    # the speed-up is the ratio of the two medians (printed rounded to whole ms and 2 decimals)
+    ratio = float(row[9].rstrip("x"))
+    assert (d_ms - 0.5) / (t_ms + 0.5) - 0.005 <= ratio <= (d_ms + 0.5) / (t_ms - 0.5) + 0.005
+    assert "median speed-up (wall) over 1 rounds" in out
+
+
+def test_result_json_matches_the_table(bench, capsys, tmp_path):
+    import json
+
+    out_file = tmp_path / "rows.json"
+    assert bench.main([*SMALL, "--threads", "1", "--malloc", "default", "--result-json", str(out_file)]) == 0
+    (row,) = _rows(capsys.readouterr().out)
+    (saved,) = json.loads(out_file.read_text())
+    assert (saved["preset"], saved["precision"], saved["rnnt"], saved["objective"]) == ("tiny", "bf16", "full", "just")
+    assert f"{saved['ms']:.0f}" == row[4] and f"{saved['faults_per_step']:.0f}" == row[13]
