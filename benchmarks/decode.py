@@ -33,9 +33,9 @@ one (whose joiner mostly says blank); ``--blank-bias`` adds to the blank logit t
 model's emission rate, and the script prints the units emitted per second of audio so runs can be
 compared. Timings are the best of ``--repeats`` runs, all inside one process.
 
-``--malloc tuned`` (the default) starts with :func:`just_asr.runtime.tune_malloc`, as ``just-asr
-decode`` does; ``--malloc default`` keeps glibc's settings (an allocator setting is compared across
-runs, alternating the two).
+``--malloc tuned`` starts with :func:`just_asr.runtime.tune_malloc`, as ``JUST_ASR_MALLOC_TUNING=1
+just-asr decode`` does; ``--malloc default`` (the default) keeps glibc's settings (an allocator
+setting is compared across runs, alternating the two).
 """
 
 from __future__ import annotations
@@ -447,9 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="trained-model mode: batches encoded at once in threads, torch threads = --threads / N "
                         "(the last search: --threads), as just-asr decode --encoder-workers (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random-model mode")
-    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                   help="tuned (default): just_asr.runtime.tune_malloc() first, as just-asr decode does; "
-                        "default: glibc's own malloc settings (compare in separate runs)")
+    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                   help="default: glibc's own malloc settings, as just-asr decode; tuned: just_asr.runtime.tune_malloc() "
+                        "first, as JUST_ASR_MALLOC_TUNING=1 just-asr decode (compare in separate runs)")
     args = p.parse_args(argv)
 
     if args.threads < 1:
@@ -463,7 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.malloc == "tuned":
         from just_asr.runtime import tune_malloc
 
-        tune_malloc()
+        try:
+            tune_malloc()
+        except ValueError as exc:
+            p.error(str(exc))
     torch.set_num_threads(max(1, args.threads // args.encoder_workers))
     if args.model is None:
         if args.cuts:

@@ -51,11 +51,19 @@ Reported per config (all in this one process, ``torch.set_num_threads(--threads)
 * ``faults/step``: minor page faults of the process per timed step (``getrusage``), i.e. memory the
   kernel had to map (and zero) again because the allocator had given it back.
 
-``--malloc tuned`` (the default) applies :func:`just_asr.runtime.tune_malloc` at start-up, as
-``just-asr fit`` does; ``--malloc default`` keeps glibc's own settings. An allocator setting cannot
-be compared within one process, so ``--compare-malloc ROUNDS`` runs this script's other arguments
-in ROUNDS x 2 child processes, ``--malloc default`` then ``--malloc tuned`` back to back in each
-round, and prints both medians, faults per step and the speed-up per round and over the rounds.
+``--malloc default`` (the default, as ``just-asr fit``) keeps glibc's own malloc settings; ``--malloc
+tuned`` applies :func:`just_asr.runtime.tune_malloc` at start-up, as ``JUST_ASR_MALLOC_TUNING=1
+just-asr fit`` does. This benchmark's batch never changes shape, which leaves glibc's adaptive
+thresholds where they give memory back and fault it in again every step (the ``faults/step``
+column); training on varied batches moves them past that (``BENCHMARKS.md``, "The allocator"). An
+allocator setting cannot be compared within one process, so ``--compare-malloc ROUNDS`` runs this
+script's other arguments in ROUNDS x 2 child processes, ``--malloc default`` and ``--malloc tuned``
+back to back in each round (the order alternating), and prints both medians, faults per step, peak
+RSS and the speed-up per round and over the rounds.
+
+``--prewarm-batch B`` runs two untimed steps on a larger batch (B utterances, ``--prewarm-seconds``
+mean duration, default twice ``--seconds``) before the warm-up: glibc's malloc thresholds then start
+where a training loop's varied batches would have moved them (see ``--malloc``).
 
 ``--compile`` runs every conformer block through ``torch.compile`` (``dynamic=True``; ``--compile-static``
 for one graph per shape) before the timed steps; the first step, which compiles, is timed apart.
@@ -136,6 +144,37 @@ GPU_BF16_PEAK_TFLOPS = (("H200", 989.4), ("H100 80GB HBM3", 989.4), ("H100 SXM",
 PRECISIONS = ("fp32", "bf16")
 RNNTS = ("full", "pruned")
 OBJECTIVES = ("just", "supervised")
+
+
+def checkout_runtime():
+    """This checkout's ``just_asr.runtime`` (standard library only), loaded from its file, so that
+    ``--malloc tuned`` works with ``--src``/``--compare-src`` trees that predate it."""
+    import importlib.util
+
+    name = "just_asr_checkout_runtime"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "src" / "just_asr" / "runtime.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def apply_malloc(mode: str) -> tuple[bool, str]:
+    """``--malloc``: ``tuned`` runs ``tune_malloc()`` (as ``JUST_ASR_MALLOC_TUNING=1 just-asr fit``),
+    ``default`` leaves glibc's settings; returns ``(tuned, what was done)``. Raises ValueError on a bad
+    ``JUST_ASR_MALLOC_TUNING``."""
+    runtime = checkout_runtime()
+    if mode != "tuned":
+        return False, "glibc malloc defaults (--malloc default)"
+    tuned = runtime.tune_malloc()
+    return tuned, runtime.applied
+
+
+def max_rss_mb() -> float:
+    """The process's peak resident memory so far (MiB; Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_model_name() -> str:
@@ -298,10 +337,12 @@ def compile_blocks(model, opt, batch: dict[str, torch.Tensor], precision: str, a
 
 def print_command_and_setup(args: argparse.Namespace) -> None:
     """The command line, then what its figures depend on that the command may leave to defaults: the
-    batch, the JUST objective's RNN-T branch and the SpecAugment-like copy."""
+    batch, the JUST objective's RNN-T branch, the SpecAugment-like copy and the allocator."""
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"setup: batch {args.batch} x {args.seconds:g} s mean per process, RNN-T branch {args.rnnt_branch}, "
           f"supervised_features copy {'on' if args.spec_augment else 'off'}")
+    if getattr(args, "malloc_applied", None):
+        print(f"malloc: {args.malloc_applied}")
 
 
 def repeats_for(args: argparse.Namespace, preset: str) -> int:
@@ -316,6 +357,14 @@ def time_config(model, opt, batch: dict[str, torch.Tensor], precision: str, args
     device = batch["features"].device
     flops = count_flops(model, batch, precision)
     compile_s = compile_blocks(model, opt, batch, precision, args)
+    if args.prewarm_batch:
+        # a larger batch first, as a training loop's varied batches come (see --prewarm-batch)
+        big = make_batch(args.prewarm_batch, args.prewarm_seconds or 2 * args.seconds, int(model.vocab_size),
+                         args.spec_augment, seed=1)
+        big = {k: v.to(device) for k, v in big.items()}
+        for _ in range(2):
+            train_step(model, opt, big, precision)
+        del big
     for _ in range(args.warmup):
         train_step(model, opt, batch, precision)
     times, cpu = [], []
@@ -670,6 +719,7 @@ def _ddp_worker(rank: int, world: int, port: int, config: tuple[str, str, str, s
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT / "src"))
+    apply_malloc(args.malloc)  # each spawned rank, as each rank of just-asr fit tunes itself when asked
     from datetime import timedelta
 
     # a rank that dies leaves the others in a collective: give up after 10 minutes, not gloo's 30
@@ -774,31 +824,47 @@ def run_compare_malloc(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.2f}")
     print_command_and_setup(args)
+    runtime = checkout_runtime()
+    # the children compare glibc's defaults with the tuning: neither may inherit a malloc setting
+    env = {k: v for k, v in os.environ.items() if k != runtime.ENV_VAR and k not in runtime.GLIBC_MALLOC_ENV}
+    reason = runtime.malloc_set_by_environment(env)
+    if reason is not None:
+        print(f"train_step.py: --compare-malloc compares glibc's malloc settings, but {reason}", file=sys.stderr)
+        return 2
     base = [sys.executable, str(Path(__file__).resolve()), *_child_argv(argv)]
-    print(f"each round: {' '.join(Path(a).name if i < 2 else a for i, a in enumerate(base))} --malloc default|tuned")
+    print(f"each round: {' '.join(Path(a).name if i < 2 else a for i, a in enumerate(base))} --malloc default|tuned "
+          "(odd rounds default first, even rounds tuned first; without JUST_ASR_MALLOC_TUNING and MALLOC_*_)")
     print()
-    print("| round | preset | precision | RNN-T | objective | default: ms/step (CPU ms) | faults/step "
-          "| tuned: ms/step (CPU ms) | faults/step | speed-up (wall) | speed-up (CPU) | x real time tuned |")
-    print("|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    header = ("| round | preset | precision | RNN-T | objective | default: ms/step (CPU ms) | faults/step | peak RSS MiB "
+              "| tuned: ms/step (CPU ms) | faults/step | peak RSS MiB | speed-up (wall) | speed-up (CPU) | x real time tuned |")
     ratios: dict[tuple, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(1, args.compare_malloc + 1):
             results = {}
-            for mode in ("default", "tuned"):
+            for mode in ("default", "tuned") if rnd % 2 else ("tuned", "default"):
                 out = Path(tmp) / f"{mode}.json"
-                proc = subprocess.run([*base, "--malloc", mode, "--result-json", str(out)], capture_output=True, text=True)
+                proc = subprocess.run([*base, "--malloc", mode, "--result-json", str(out)], capture_output=True,
+                                      text=True, env=env)
                 if proc.returncode != 0:
                     sys.stderr.write(proc.stdout + proc.stderr)
                     print(f"train_step.py: the --malloc {mode} child of round {rnd} exited with {proc.returncode}",
                           file=sys.stderr)
                     return 1
                 results[mode] = json.loads(out.read_text())
-            for d, t in zip(results["default"], results["tuned"]):
+                if results[mode]["malloc_tuned"] != (mode == "tuned"):
+                    print(f"train_step.py: the --malloc {mode} child ran with: {results[mode]['malloc']}", file=sys.stderr)
+                    return 1
+            if rnd == 1:
+                print(f"tuned children: {results['tuned']['malloc']}\n")
+                print(header)
+                print("|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for d, t in zip(results["default"]["rows"], results["tuned"]["rows"]):
                 key = (d["preset"], d["precision"], d["rnnt"], d["objective"])
                 ratios.setdefault(key, []).append(d["ms"] / t["ms"])
                 print(f"| {rnd} | {' | '.join(key)} | {d['ms']:.0f} ({d['cpu_ms']:.0f}) | {d['faults_per_step']:.0f} "
-                      f"| {t['ms']:.0f} ({t['cpu_ms']:.0f}) | {t['faults_per_step']:.0f} | {d['ms'] / t['ms']:.2f}x "
-                      f"| {d['cpu_ms'] / t['cpu_ms']:.2f}x | {t['x_real_time']:.0f} |", flush=True)
+                      f"| {d['max_rss_mib']:.0f} | {t['ms']:.0f} ({t['cpu_ms']:.0f}) | {t['faults_per_step']:.0f} "
+                      f"| {t['max_rss_mib']:.0f} | {d['ms'] / t['ms']:.2f}x | {d['cpu_ms'] / t['cpu_ms']:.2f}x "
+                      f"| {t['x_real_time']:.0f} |", flush=True)
     print()
     for key, r in ratios.items():
         print(f"{' '.join(key)}: median speed-up (wall) over {len(r)} rounds {statistics.median(r):.2f}x "
@@ -822,7 +888,8 @@ def _selected(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # no abbreviations: --compare-malloc passes the other options on to its children by name
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--presets", nargs="+", default=["tiny"], choices=sorted(VOCAB))
     p.add_argument("--only", default=None,
                    help="comma-separated filter, e.g. 'bf16,full,just' (any of fp32/bf16, full/pruned, just/supervised)")
@@ -866,13 +933,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --compare-src: the candidate model from DIR/just_asr instead of this checkout")
     p.add_argument("--compare-adamw", action="store_true",
                    help="before/after in one process: the for-loop AdamW against the project's (fused)")
-    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
-                   help="tuned (default): just_asr.runtime.tune_malloc() at start-up, as just-asr fit does; "
-                        "default: glibc's own malloc settings")
+    p.add_argument("--malloc", choices=("default", "tuned"), default="default",
+                   help="default: glibc's own malloc settings, as just-asr fit; tuned: just_asr.runtime.tune_malloc() "
+                        "at start-up, as JUST_ASR_MALLOC_TUNING=1 just-asr fit")
     p.add_argument("--compare-malloc", type=int, default=0, metavar="ROUNDS",
                    help="run the other arguments in 2 x ROUNDS child processes, --malloc default then tuned "
                         "in each round, and print the speed-up (CPU, one process per run)")
     p.add_argument("--result-json", default=None, metavar="PATH", help="also write the table's rows to PATH (JSON)")
+    p.add_argument("--prewarm-batch", type=int, default=0, metavar="B",
+                   help="before the warm-up, two untimed steps on a batch of B utterances of --prewarm-seconds "
+                        "(default 2 x --seconds) mean duration: the allocator then starts from where a training "
+                        "loop's varied batch shapes leave it (default 0: none)")
+    p.add_argument("--prewarm-seconds", type=float, default=None)
     p.add_argument("--processes", type=int, default=1,
                    help="CPU: N data-parallel processes (DDP over gloo) of --threads threads each, as just-asr fit "
                         "--trainer.devices N --trainer.strategy ddp (default 1: one process)")
@@ -887,6 +959,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     sys.path.insert(0, str(Path(args.src).resolve()) if args.src else str(ROOT / "src"))
+    if args.result_json and (args.compare_src or args.compare_adamw or args.processes > 1 or args.loader
+                             or args.device != "cpu" or args.compare_malloc):
+        p.error("--result-json is written by the plain CPU table only (not with --compare-src/--compare-adamw/"
+                "--processes/--loader/--device/--compare-malloc)")
+    if args.prewarm_batch < 0 or (args.prewarm_seconds is not None and not args.prewarm_seconds > 0):
+        p.error("--prewarm-batch must be >= 0 and --prewarm-seconds positive")
+    if args.prewarm_batch and (args.compare_src or args.compare_adamw or args.processes > 1 or args.loader):
+        p.error("--prewarm-batch is for the plain table (and --compare-malloc, --device cuda), not --compare-src/"
+                "--compare-adamw/--processes/--loader")
     if args.compare_malloc:
         if args.compare_malloc < 1:
             p.error(f"--compare-malloc must be >= 1, got {args.compare_malloc}")
@@ -895,10 +976,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--compare-malloc runs plain CPU configs (no --compare-src/--compare-adamw/--profile/"
                     "--compile/--processes/--loader/--device)")
         return run_compare_malloc(args, list(sys.argv[1:] if argv is None else argv))
-    if args.malloc == "tuned":
-        from just_asr.runtime import tune_malloc
-
-        tune_malloc()
+    try:
+        args.malloc_tuned, args.malloc_applied = apply_malloc(args.malloc)
+    except ValueError as exc:
+        p.error(str(exc))
     torch.set_num_threads(args.threads)
     if args.loader is not None:
         return run_loader(args)
@@ -965,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
         achieved = flops / med
         roof_pct_cpu = 100 * (flops / cpu_med) / roof_cpu
         row = (preset, precision, rnnt, objective, med * 1e3, min(times) * 1e3, audio / med, flops / 1e9,
-               achieved / 1e9, 100 * achieved / roof, reps, cpu_med * 1e3, roof / 1e9, roof_pct_cpu, faults)
+               achieved / 1e9, 100 * achieved / roof, reps, cpu_med * 1e3, roof / 1e9, roof_pct_cpu, faults,
+               max_rss_mb())
         rows.append(row)
         print(f"  {preset} {precision} {rnnt} {objective}: {med * 1e3:.0f} ms/step (min {min(times) * 1e3:.0f}), "
               f"{audio / med:.0f}x real time, {flops / 1e9:.2f} GFLOP/step, {100 * achieved / roof:.1f}% "
@@ -976,15 +1058,18 @@ def main(argv: list[str] | None = None) -> int:
         del model, opt
     print()
     print("| preset | precision | RNN-T | objective | ms/step (median) | min | CPU ms/step | x real time | "
-          "GFLOP/step | GFLOP/s | roof GFLOP/s | roof % | roof % (CPU time) | faults/step | repeats |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "GFLOP/step | GFLOP/s | roof GFLOP/s | roof % | roof % (CPU time) | faults/step | peak RSS MiB | repeats |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.0f} | {r[5]:.0f} | {r[11]:.0f} | {r[6]:.0f} | "
-              f"{r[7]:.2f} | {r[8]:.1f} | {r[12]:.0f} | {r[9]:.1f} | {r[13]:.1f} | {r[14]:.0f} | {r[10]} |")
+              f"{r[7]:.2f} | {r[8]:.1f} | {r[12]:.0f} | {r[9]:.1f} | {r[13]:.1f} | {r[14]:.0f} | {r[15]:.0f} | {r[10]} |")
+    print("(peak RSS: the process's so far, after each config's steps and roof matmul)")
     if args.result_json:
         keys = ("preset", "precision", "rnnt", "objective", "ms", "min_ms", "x_real_time", "gflop", "gflops",
-                "roof_pct", "repeats", "cpu_ms", "roof_gflops", "roof_pct_cpu", "faults_per_step")
-        Path(args.result_json).write_text(json.dumps([dict(zip(keys, r)) for r in rows]))
+                "roof_pct", "repeats", "cpu_ms", "roof_gflops", "roof_pct_cpu", "faults_per_step", "max_rss_mib")
+        Path(args.result_json).write_text(json.dumps({
+            "malloc_tuned": args.malloc_tuned, "malloc": args.malloc_applied,
+            "rows": [dict(zip(keys, r)) for r in rows]}))
     for name, text in profiles:
         print(f"\n### Profile: {name}\n\n{text}")
     return 0

@@ -14,6 +14,17 @@ import pytest
 
 from just_asr.data.languages import ISO_CODES
 
+@pytest.fixture(autouse=True)
+def _pytest_process_malloc_untouched(monkeypatch):
+    """The commands run in-process by tests (``just-asr decode``/``transcribe``/``fit`` through their
+    ``main``) would tune the pytest process's malloc for the rest of the session, so that later tests'
+    results could depend on their order: here ``just_asr.runtime`` sees a ``mallopt`` that accepts
+    and records nothing. Subprocesses are unaffected; tests of the tuning itself patch it again."""
+    from just_asr import runtime
+
+    monkeypatch.setattr(runtime, "_glibc", lambda: (lambda param, value: 1))
+
+
 #: utterances per language in each split of the tiny corpus (train needs >= 7: six 1hr folds + 9hr)
 TINY_CORPUS_COUNTS: dict[str, int] = {"train": 8, "dev": 2, "test": 2}
 #: seed of the tiny corpus

@@ -23,7 +23,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # Prints the process's minor page faults per cycle after three warm-up cycles.
 PATTERN = textwrap.dedent("""
     import random, resource, sys, torch
-    from just_asr.runtime import applied, tune_malloc
+    from just_asr.runtime import tune_malloc
     if sys.argv[1] == "tuned":
         assert tune_malloc() is True
     rng = random.Random(0)
@@ -44,22 +44,25 @@ PATTERN = textwrap.dedent("""
 
 
 def _run(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if k != runtime.ENV_VAR}
+    # glibc's defaults unless the test says otherwise: none of the environment's malloc settings
+    dropped = {runtime.ENV_VAR, "GLIBC_TUNABLES", "LD_PRELOAD", *runtime.GLIBC_MALLOC_ENV}
+    full_env = {k: v for k, v in os.environ.items() if k not in dropped}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env,
                           timeout=120)
 
 
-@pytest.mark.parametrize("value,wanted", [("", True), ("1", True), ("on", True), ("TRUE", True), ("yes", True),
-                                          ("0", False), ("off", False), ("False", False), (" no ", False)])
-def test_environment_switch(value, wanted):
-    assert runtime.malloc_tuning_wanted({runtime.ENV_VAR: value}) is wanted
-    assert runtime.malloc_tuning_wanted({}) is True
+@pytest.mark.parametrize("value,switch", [("", None), (" ", None), ("1", True), ("on", True), ("TRUE", True),
+                                          ("yes", True), ("0", False), ("off", False), ("False", False),
+                                          (" no ", False)])
+def test_environment_switch(value, switch):
+    assert runtime.malloc_tuning_switch({runtime.ENV_VAR: value}) is switch
+    assert runtime.malloc_tuning_switch({}) is None
 
 
 def test_environment_switch_refuses_other_values():
     with pytest.raises(ValueError, match="JUST_ASR_MALLOC_TUNING='flase'"):
-        runtime.malloc_tuning_wanted({runtime.ENV_VAR: "flase"})
+        runtime.malloc_tuning_switch({runtime.ENV_VAR: "flase"})
 
 
 @pytest.mark.parametrize("kwargs,match", [({"mmap_threshold": 64 << 20}, "at most 33554432"),
@@ -71,11 +74,40 @@ def test_bad_sizes_are_refused_before_anything_is_set(kwargs, match, monkeypatch
         runtime.tune_malloc(**kwargs)
 
 
+def _clean_env(monkeypatch):
+    for name in (runtime.ENV_VAR, "GLIBC_TUNABLES", "LD_PRELOAD", *runtime.GLIBC_MALLOC_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
 def test_opt_out_leaves_malloc_alone(monkeypatch):
+    _clean_env(monkeypatch)
     monkeypatch.setenv(runtime.ENV_VAR, "0")
     monkeypatch.setattr(runtime, "_glibc", lambda: pytest.fail("mallopt reached"))
     assert runtime.tune_malloc() is False
-    assert "defaults kept" in runtime.applied
+    assert runtime.applied == "malloc left alone (JUST_ASR_MALLOC_TUNING=0)"
+
+
+@pytest.mark.parametrize("name,value,reason", [
+    ("MALLOC_TOP_PAD_", "0", "MALLOC_TOP_PAD_ set in the environment"),
+    ("MALLOC_MMAP_THRESHOLD_", "65536", "MALLOC_MMAP_THRESHOLD_ set in the environment"),
+    ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0", "GLIBC_TUNABLES sets glibc.malloc tunables"),
+    ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "LD_PRELOAD loads another allocator (jemalloc)"),
+])
+def test_the_environments_own_malloc_choice_stands(name, value, reason, monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(runtime, "_glibc", lambda: pytest.fail("mallopt reached"))
+    assert runtime.tune_malloc() is False
+    assert runtime.applied == f"malloc left alone ({reason})"
+
+
+def test_unrelated_environment_does_not_stop_the_tuning(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libfaketime.so.1")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert runtime.malloc_set_by_environment() is None
+    assert runtime.tune_malloc() is True  # conftest's mallopt accepts everything
 
 
 def test_values_reach_mallopt_in_order(monkeypatch):
@@ -85,16 +117,27 @@ def test_values_reach_mallopt_in_order(monkeypatch):
         calls.append((param, value))
         return 1
 
-    monkeypatch.delenv(runtime.ENV_VAR, raising=False)
+    _clean_env(monkeypatch)
     monkeypatch.setattr(runtime, "_glibc", lambda: fake)
     assert runtime.tune_malloc(mmap_threshold=1 << 20, trim_threshold=3 << 20, top_pad=5 << 20) is True
-    # M_MMAP_THRESHOLD (-3), M_TRIM_THRESHOLD (-1), M_TOP_PAD (-2): all three, so none is left dynamic
+    # M_MMAP_THRESHOLD (-3) first, then M_TRIM_THRESHOLD (-1), M_TOP_PAD (-2): all three, so none is
+    # left dynamic
     assert calls == [(-3, 1 << 20), (-1, 3 << 20), (-2, 5 << 20)]
-    assert runtime.applied.startswith("glibc malloc: mmap threshold 1 MiB, trim threshold 3 MiB, top pad 5 MiB")
+    assert runtime.applied.startswith("glibc malloc tuned: mmap threshold 1 MiB, trim threshold 3 MiB, top pad 5 MiB")
 
-    monkeypatch.setattr(runtime, "_glibc", lambda: (lambda param, value: 0))
-    with pytest.raises(ValueError, match="glibc refused mallopt"):
-        runtime.tune_malloc()
+
+def test_a_refused_mmap_threshold_changes_nothing_and_warns(monkeypatch):
+    calls = []
+
+    def refusing(param, value):
+        calls.append(param)
+        return 0
+
+    _clean_env(monkeypatch)
+    monkeypatch.setattr(runtime, "_glibc", lambda: refusing)
+    with pytest.warns(RuntimeWarning, match="glibc refused M_MMAP_THRESHOLD=33554432"):
+        assert runtime.tune_malloc() is False
+    assert calls == [-3]  # the trim threshold alone would have been worse than the defaults
 
 
 @glibc_only
@@ -119,19 +162,25 @@ def test_opt_out_in_a_fresh_process_gives_the_default_behaviour():
     assert float(opted_out.stdout) > float(default.stdout) / 2
 
 
-def test_model_commands_tune_malloc_and_others_do_not(monkeypatch, tmp_path):
+@pytest.mark.parametrize("switch,tuned", [(None, False), ("0", False), ("1", True)])
+def test_model_commands_tune_malloc_only_when_asked(switch, tuned, monkeypatch, tmp_path):
     from just_asr.cli import main as cli
 
+    if switch is None:
+        monkeypatch.delenv(runtime.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(runtime.ENV_VAR, switch)
     calls = []
     monkeypatch.setattr(runtime, "tune_malloc", lambda: calls.append(1) or True)
     assert cli.main(["fit", "--help"]) == 0
-    assert len(calls) == 1
-    # decode: tuned before it looks at its arguments' files
+    assert len(calls) == int(tuned)
+    # decode and transcribe: before they look at their arguments' files
     assert cli.main(["decode", "--model", str(tmp_path / "missing"), "--cuts", str(tmp_path / "x.jsonl.gz"),
                      "--out", str(tmp_path / "out")]) != 0
-    assert len(calls) == 2
+    assert cli.main(["transcribe", "--model", str(tmp_path / "missing"), str(tmp_path / "a.flac")]) != 0
+    assert len(calls) == 3 * int(tuned)
     assert cli.main(["model-info", "--config", str(ROOT / "configs" / "model" / "tiny.yaml"), "--vocab-size", "256"]) == 0
-    assert len(calls) == 2
+    assert len(calls) == 3 * int(tuned)
 
 
 def test_bad_switch_value_is_a_clear_cli_error(monkeypatch, tmp_path, capsys):

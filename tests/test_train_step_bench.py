@@ -26,8 +26,9 @@ def _rows(out: str) -> list[list[str]]:
             if line.startswith("| tiny ")]
 
 
+# --malloc default: the in-process runs leave the pytest process's malloc alone (conftest)
 SMALL = ["--presets", "tiny", "--only", "bf16,full,just", "--batch", "2", "--seconds", "0.6", "--repeats", "2",
-         "--warmup", "1", "--roof-size", "256"]
+         "--warmup", "1", "--roof-size", "256", "--malloc", "default"]
 
 
 def test_one_process_and_data_parallel_tables(bench, capsys):
@@ -83,28 +84,47 @@ def test_child_argv_drops_only_the_malloc_options(bench):
     assert bench._child_argv(argv) == ["--presets", "tiny", "--repeats", "4", "--only", "bf16"]
 
 
-def test_compare_malloc_runs_both_settings_in_child_processes(bench, capsys):
-    assert bench.main([*SMALL, "--threads", "1", "--compare-malloc", "1"]) == 0
+def test_compare_malloc_runs_both_settings_in_child_processes(bench, capsys, monkeypatch):
+    import platform
+
+    monkeypatch.setenv("JUST_ASR_MALLOC_TUNING", "0")  # not inherited: the tuned child still tunes
+    assert bench.main([*SMALL, "--threads", "1", "--compare-malloc", "2"]) == 0
     out = capsys.readouterr().out
     assert "--malloc default|tuned" in out
-    (row,) = [r for r in (line.strip().strip("|").split("|") for line in out.splitlines() if line.startswith("| 1 |"))]
-    row = [c.strip() for c in row]
-    assert row[1:5] == ["tiny", "bf16", "full", "just"]
-    d_ms, t_ms = float(row[5].split()[0]), float(row[7].split()[0])
-    d_faults, t_faults = float(row[6]), float(row[8])
-    assert d_faults >= 0 and t_faults >= 0
-    # the speed-up is the ratio of the two medians (printed rounded to whole ms and 2 decimals)
-    ratio = float(row[9].rstrip("x"))
-    assert (d_ms - 0.5) / (t_ms + 0.5) - 0.005 <= ratio <= (d_ms + 0.5) / (t_ms - 0.5) + 0.005
-    assert "median speed-up (wall) over 1 rounds" in out
+    if platform.libc_ver()[0] == "glibc":
+        assert "tuned children: glibc malloc tuned: mmap threshold 32 MiB, trim threshold 512 MiB" in out
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+            if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2
+    for row in rows:
+        assert row[1:5] == ["tiny", "bf16", "full", "just"]
+        d_ms, t_ms = float(row[5].split()[0]), float(row[8].split()[0])
+        assert float(row[6]) >= 0 and float(row[9]) >= 0 and float(row[7]) > 100 and float(row[10]) > 100
+        # the speed-up is the ratio of the two medians (printed rounded to whole ms and 2 decimals)
+        ratio = float(row[11].rstrip("x"))
+        assert (d_ms - 0.5) / (t_ms + 0.5) - 0.005 <= ratio <= (d_ms + 0.5) / (t_ms - 0.5) + 0.005
+    assert "median speed-up (wall) over 2 rounds" in out
+
+
+def test_compare_malloc_options_are_not_abbreviated(bench):
+    # an abbreviation would reach the children unstripped and make each start its own comparison
+    with pytest.raises(SystemExit):
+        bench.main([*SMALL, "--compare-m", "1"])
+    with pytest.raises(SystemExit):
+        bench.main([*SMALL, "--compare-malloc", "1", "--result-json", "x.json"])
 
 
 def test_result_json_matches_the_table(bench, capsys, tmp_path):
     import json
 
     out_file = tmp_path / "rows.json"
-    assert bench.main([*SMALL, "--threads", "1", "--malloc", "default", "--result-json", str(out_file)]) == 0
-    (row,) = _rows(capsys.readouterr().out)
-    (saved,) = json.loads(out_file.read_text())
-    assert (saved["preset"], saved["precision"], saved["rnnt"], saved["objective"]) == ("tiny", "bf16", "full", "just")
-    assert f"{saved['ms']:.0f}" == row[4] and f"{saved['faults_per_step']:.0f}" == row[13]
+    assert bench.main([*SMALL, "--threads", "1", "--result-json", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "malloc: glibc malloc defaults (--malloc default)" in out
+    (row,) = _rows(out)
+    saved = json.loads(out_file.read_text())
+    assert saved["malloc_tuned"] is False and saved["malloc"] == "glibc malloc defaults (--malloc default)"
+    (r,) = saved["rows"]
+    assert (r["preset"], r["precision"], r["rnnt"], r["objective"]) == ("tiny", "bf16", "full", "just")
+    assert f"{r['ms']:.0f}" == row[4] and f"{r['faults_per_step']:.0f}" == row[13]
+    assert f"{r['max_rss_mib']:.0f}" == row[14] and float(row[14]) > 100

@@ -64,6 +64,10 @@ def _write_lines(path: Path, items: list[tuple[str, str]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from just_asr.runtime import tune_malloc_for_command
+
+    if not tune_malloc_for_command("decode"):
+        return 2
     from just_asr.data.dataset import cut_language, cut_source
     from just_asr.data.loader import make_eval_dataloader, read_cut_manifests
     from just_asr.evaluate import format_markdown, score_by_language, write_reports

@@ -154,6 +154,10 @@ def _save_final_last(trainer: Any, dirpath: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``just-asr fit`` with ``argv`` (without the ``fit`` word). Returns the exit status."""
+    from just_asr.runtime import tune_malloc_for_command
+
+    if not tune_malloc_for_command("fit"):
+        return 2
     argv = _rewrite_aliases(list(sys.argv[1:] if argv is None else argv))
     JustCLI = _make_cli_class()
     from just_asr.train.datamodule import JustDataModule

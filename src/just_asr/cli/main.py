@@ -55,31 +55,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-#: subcommands that run the model step after step: they start with :func:`just_asr.runtime.tune_malloc`
-TUNED_MALLOC = ("fit", "decode", "transcribe")
-
-
-def _tune_malloc(command: str) -> bool:
-    """:func:`just_asr.runtime.tune_malloc` for the commands in ``TUNED_MALLOC``; False (after printing
-    the error) when ``JUST_ASR_MALLOC_TUNING`` has a value it does not understand."""
-    if command not in TUNED_MALLOC:
-        return True
-    from just_asr.runtime import tune_malloc
-
-    try:
-        tune_malloc()
-    except ValueError as exc:
-        print(f"just-asr {command}: error: {exc}", file=sys.stderr)
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = _available()
     if argv and argv[0] in cmds and cmds[argv[0]][0] == "fit":
-        if not _tune_malloc("fit"):
-            return 2
         module = importlib.import_module("just_asr.cli.fit")
         return int(module.main(argv[1:]) or 0)
     first = argv[0] if argv and not argv[0].startswith("-") else None
@@ -88,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    if not _tune_malloc(args.command):
-        return 2
     module = importlib.import_module(f"just_asr.cli.{cmds[args.command][0]}")
     try:
         return int(module.run(args) or 0)

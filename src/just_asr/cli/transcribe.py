@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from just_asr.runtime import tune_malloc_for_command
+
+    if not tune_malloc_for_command("transcribe"):
+        return 2
     from just_asr.inference import ModelDirError, Transcriber, load_model_dir
 
     if args.threads is not None:
