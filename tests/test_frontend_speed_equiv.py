@@ -512,3 +512,36 @@ def test_forced_piece_sizes_and_the_mask_benchmark() -> None:
         assert float(r[3]) > 0 and r[4].endswith("x")
         if r[1] == "mask":
             assert abs(float(r[5]) - 0.8) < 0.02  # 20,000 elements
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.1, 0.001])  # 16- and 32-bit pieces
+def test_keep_mask_in_a_floating_dtype_is_the_bool_mask(dtype: torch.dtype, p: float) -> None:
+    """The mask written by the comparison in a floating dtype is the bool mask of the same draw as
+    1.0/0.0, in the given dtype and shape, and it leaves the generator where the bool mask does."""
+    torch.manual_seed(21)
+    keep = dropout_keep_mask((5, 7, 9), p, torch.device("cpu"))
+    after_bool = torch.rand(3)
+    torch.manual_seed(21)
+    as_float = dropout_keep_mask((5, 7, 9), p, torch.device("cpu"), dtype=dtype)
+    after_float = torch.rand(3)
+    assert as_float.dtype == dtype and as_float.shape == (5, 7, 9)
+    assert torch.equal(as_float, keep.to(dtype))
+    assert torch.equal(after_bool, after_float)
+    assert set(as_float.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_fast_dropout_is_unchanged_by_the_floating_mask() -> None:
+    """fast_dropout equals (x * bool mask converted to x's dtype) * scale bit for bit, values and
+    gradient, in bf16 and float32."""
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(4, 6, 33, dtype=dtype, requires_grad=True)
+        g = torch.randn(4, 6, 33, dtype=dtype)
+        torch.manual_seed(5)
+        y = fast_dropout(x, 0.2, training=True)
+        (gx,) = torch.autograd.grad(y, x, g)
+        torch.manual_seed(5)
+        keep = dropout_keep_mask(x.shape, 0.2, torch.device("cpu"))
+        ref = x.mul(keep.to(dtype)).mul(1.0 / 0.8)
+        (gref,) = torch.autograd.grad(ref, x, g)
+        assert torch.equal(y, ref) and torch.equal(gx, gref)

@@ -56,9 +56,10 @@ def _piece_bits(p: float) -> int:
 
 
 def dropout_keep_mask(
-    shape: torch.Size | tuple[int, ...], p: float, device: torch.device, bits: int | None = None
+    shape: torch.Size | tuple[int, ...], p: float, device: torch.device, bits: int | None = None,
+    dtype: torch.dtype = torch.bool,
 ) -> Tensor:
-    """Bool keep-mask of ``shape``: each element is True independently with probability ``1 - p``.
+    """Keep-mask of ``shape``: each element is True (1) independently with probability ``1 - p``.
 
     Drawn from the global generator as 64-bit words cut into 16-bit pieces (four elements per draw):
     an element is kept iff its signed 16-bit word is below ``round((1 - p) * 2**16) - 2**15``, so the
@@ -70,6 +71,8 @@ def dropout_keep_mask(
     faster on the project's AMD EPYC machine (``bernoulli_`` there draws a double per element in a
     scalar loop; PyTorch only takes MKL's vectorised sampler on Intel CPUs; ``BENCHMARKS.md``).
     ``bits`` (16 or 32) forces the piece size (``benchmarks/dropout_mask.py`` compares them).
+    ``dtype``: the mask's dtype (bool by default; a floating dtype gives 1.0 and 0.0, written by the
+    comparison itself, one pass fewer than a bool mask converted afterwards).
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"dropout_keep_mask: p must be in (0, 1), got {p}")
@@ -84,7 +87,9 @@ def dropout_keep_mask(
     words = torch.empty((n + per_draw - 1) // per_draw, dtype=torch.int64, device=device).random_(-(2**63), None)
     pieces = words.view(torch.int16 if bits == 16 else torch.int32)[:n]
     threshold = min(round((1.0 - p) * 2**bits) - 2 ** (bits - 1), 2 ** (bits - 1) - 1)
-    return (pieces < threshold).view(shape)
+    if dtype == torch.bool:
+        return (pieces < threshold).view(shape)
+    return torch.lt(pieces, threshold, out=torch.empty(n, dtype=dtype, device=device)).view(shape)
 
 
 def fast_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -101,9 +106,9 @@ def fast_dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x * 0.0
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    keep = dropout_keep_mask(x.shape, p, x.device)
+    keep = dropout_keep_mask(x.shape, p, x.device, dtype=x.dtype)
     # as ATen's CPU dropout: (x * mask) * scale, the mask in x's dtype
-    return x.mul(keep.to(x.dtype)).mul(1.0 / (1.0 - p))
+    return x.mul(keep).mul(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Dropout):
