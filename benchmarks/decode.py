@@ -467,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             tune_malloc()
         except ValueError as exc:
             p.error(str(exc))
+        from just_asr import runtime
+
+        print(f"malloc: {runtime.applied}")
     torch.set_num_threads(max(1, args.threads // args.encoder_workers))
     if args.model is None:
         if args.cuts:

@@ -61,9 +61,11 @@ script's other arguments in ROUNDS x 2 child processes, ``--malloc default`` and
 back to back in each round (the order alternating), and prints both medians, faults per step, peak
 RSS and the speed-up per round and over the rounds.
 
-``--prewarm-batch B`` runs two untimed steps on a larger batch (B utterances, ``--prewarm-seconds``
+``--prewarm-batch B`` (CPU) runs two untimed steps on a larger batch (B utterances, ``--prewarm-seconds``
 mean duration, default twice ``--seconds``) before the warm-up: glibc's malloc thresholds then start
-where a training loop's varied batches would have moved them (see ``--malloc``).
+where a training loop's varied batches would have moved them (see ``--malloc``). The peak RSS column
+then includes that batch; with ``--compile --compile-static`` its shape compiles a graph of its own
+(untimed).
 
 ``--compile`` runs every conformer block through ``torch.compile`` (``dynamic=True``; ``--compile-static``
 for one graph per shape) before the timed steps; the first step, which compiles, is timed apart.
@@ -819,8 +821,9 @@ def _child_argv(argv: list[str]) -> list[str]:
 
 def run_compare_malloc(args: argparse.Namespace, argv: list[str]) -> int:
     """``--compare-malloc ROUNDS``: each round runs this script with the other arguments twice, in child
-    processes, ``--malloc default`` then ``--malloc tuned``; prints their medians and faults per step,
-    the speed-up per round, and the median speed-up over the rounds."""
+    processes, ``--malloc default`` and ``--malloc tuned`` (odd rounds in that order, even rounds the
+    other way round); prints their medians, faults per step and peak RSS, the speed-up per round, and
+    the median speed-up over the rounds."""
     print(f"machine: {cpu_model_name()} ({cpu_flags()}), {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average {os.getloadavg()[0]:.2f}")
     print_command_and_setup(args)
@@ -937,14 +940,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: glibc's own malloc settings, as just-asr fit; tuned: just_asr.runtime.tune_malloc() "
                         "at start-up, as JUST_ASR_MALLOC_TUNING=1 just-asr fit")
     p.add_argument("--compare-malloc", type=int, default=0, metavar="ROUNDS",
-                   help="run the other arguments in 2 x ROUNDS child processes, --malloc default then tuned "
-                        "in each round, and print the speed-up (CPU, one process per run)")
+                   help="run the other arguments in 2 x ROUNDS child processes, --malloc default and tuned "
+                        "back to back in each round (odd rounds default first, even rounds tuned first), "
+                        "and print the speed-up (CPU, one process per run)")
     p.add_argument("--result-json", default=None, metavar="PATH", help="also write the table's rows to PATH (JSON)")
     p.add_argument("--prewarm-batch", type=int, default=0, metavar="B",
                    help="before the warm-up, two untimed steps on a batch of B utterances of --prewarm-seconds "
                         "(default 2 x --seconds) mean duration: the allocator then starts from where a training "
                         "loop's varied batch shapes leave it (default 0: none)")
-    p.add_argument("--prewarm-seconds", type=float, default=None)
+    p.add_argument("--prewarm-seconds", type=float, default=None,
+                   help="mean utterance duration of the --prewarm-batch batch (default 2 x --seconds)")
     p.add_argument("--processes", type=int, default=1,
                    help="CPU: N data-parallel processes (DDP over gloo) of --threads threads each, as just-asr fit "
                         "--trainer.devices N --trainer.strategy ddp (default 1: one process)")
@@ -965,9 +970,13 @@ def main(argv: list[str] | None = None) -> int:
                 "--processes/--loader/--device/--compare-malloc)")
     if args.prewarm_batch < 0 or (args.prewarm_seconds is not None and not args.prewarm_seconds > 0):
         p.error("--prewarm-batch must be >= 0 and --prewarm-seconds positive")
-    if args.prewarm_batch and (args.compare_src or args.compare_adamw or args.processes > 1 or args.loader):
-        p.error("--prewarm-batch is for the plain table (and --compare-malloc, --device cuda), not --compare-src/"
-                "--compare-adamw/--processes/--loader")
+    if args.prewarm_seconds is not None and not args.prewarm_batch:
+        p.error("--prewarm-seconds needs --prewarm-batch")
+    if args.prewarm_batch and (args.compare_src or args.compare_adamw or args.processes > 1 or args.loader
+                               or args.device != "cpu"):
+        # (on a GPU the larger batch would also set the peak-memory column)
+        p.error("--prewarm-batch is for the plain CPU table (and --compare-malloc), not --compare-src/"
+                "--compare-adamw/--processes/--loader/--device")
     if args.compare_malloc:
         if args.compare_malloc < 1:
             p.error(f"--compare-malloc must be >= 1, got {args.compare_malloc}")

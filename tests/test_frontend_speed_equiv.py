@@ -545,3 +545,30 @@ def test_fast_dropout_is_unchanged_by_the_floating_mask() -> None:
         ref = x.mul(keep.to(dtype)).mul(1.0 / 0.8)
         (gref,) = torch.autograd.grad(ref, x, g)
         assert torch.equal(y, ref) and torch.equal(gx, gref)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_first_convolution_reads_the_features_in_place_and_writes_channels_last(bf16: bool, monkeypatch) -> None:
+    """On CPU the first convolution's input is the features' own memory (a channels-last view, no
+    copy) and its output comes out channels-last, so no layout copy follows it (the speed-up)."""
+    import torch.nn.functional as F
+
+    calls = []
+    real = F.conv2d
+
+    def recording(x, w, *args, **kwargs):
+        out = real(x, w, *args, **kwargs)
+        calls.append((x, out))
+        return out
+
+    monkeypatch.setattr(F, "conv2d", recording)
+    fe = ConvSubsampling(input_dim=80, channels=8, d_model=16)
+    features = torch.randn(3, 41, 80)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        fe(features, torch.tensor([41, 30, 20]))
+    (x1, out1), (x2, _) = calls[0], calls[1]
+    assert x1.shape == (3, 1, 41, 80)
+    if not bf16:  # (under autocast the input is first cast to bf16: a copy of the features anyway)
+        assert x1.data_ptr() == features.data_ptr()
+    assert out1.is_contiguous(memory_format=torch.channels_last) and not out1.is_contiguous()
+    assert x2.is_contiguous(memory_format=torch.channels_last)

@@ -140,26 +140,26 @@ def test_a_refused_mmap_threshold_changes_nothing_and_warns(monkeypatch):
     assert calls == [-3]  # the trim threshold alone would have been worse than the defaults
 
 
+def _faults(code: str, mode: str, env: dict[str, str] | None = None) -> float:
+    proc = _run(code, mode, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout)
+
+
 @glibc_only
 def test_tuned_malloc_keeps_memory_for_the_next_cycle():
-    default = _run(PATTERN, "default")
-    tuned = _run(PATTERN, "tuned")
-    assert default.returncode == 0, default.stderr
-    assert tuned.returncode == 0, tuned.stderr
-    faults_default, faults_tuned = float(default.stdout), float(tuned.stdout)
-    # glibc's defaults give the freed heap top back and fault it in again (~2,700 per cycle here: the
-    # pattern must show that, or this test could not fail); the tuned settings reuse it
-    assert faults_default > 1000
-    assert faults_tuned < faults_default / 5
+    # glibc's defaults give the freed heap top back and fault it in again: 1.7k-4.1k faults per cycle
+    # in 8 runs here (the count varies from process to process), the tuned settings 73-293
+    default = [_faults(PATTERN, "default") for _ in range(2)]
+    tuned = [_faults(PATTERN, "tuned") for _ in range(2)]
+    assert min(default) > 1000  # the pattern shows the problem, or this test could not fail
+    assert max(tuned) < min(default) / 4
 
 
 @glibc_only
 def test_opt_out_in_a_fresh_process_gives_the_default_behaviour():
     code = PATTERN.replace('assert tune_malloc() is True', 'assert tune_malloc() is False')
-    default = _run(PATTERN, "default")
-    opted_out = _run(code, "tuned", env={runtime.ENV_VAR: "0"})
-    assert opted_out.returncode == 0, opted_out.stderr
-    assert float(opted_out.stdout) > float(default.stdout) / 2
+    assert _faults(code, "tuned", env={runtime.ENV_VAR: "0"}) > 1000  # as glibc's defaults, not 73-293
 
 
 @pytest.mark.parametrize("switch,tuned", [(None, False), ("0", False), ("1", True)])

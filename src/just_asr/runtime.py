@@ -6,7 +6,8 @@ steps. PyTorch's CPU tensors come from ``malloc``: with glibc's defaults, large 
 passes a threshold that glibc raises to the largest ``mmap``-ed block freed so far. A loop whose
 tensor shapes never change can settle below that point and page-fault the same memory in again (and
 have the kernel zero it) on every step: the fixed-shape tiny step of ``benchmarks/train_step.py``
-did, 4-9k minor page faults per ~90 ms step, and ran 1.07-1.27x faster with the settings below.
+did, 1.9-6.5k minor page faults per ~100 ms step, and ran 1.05x (full RNN-T) and 1.18x (pruned)
+faster with the settings below (medians of three rounds; ``base`` 1.23x).
 Training on real batches, whose shapes vary, does not stay there: two steps on a larger batch first
 took that loop to no faults at all, and the demo's ``fit`` ran as fast without the setting as with
 it (``BENCHMARKS.md``, "The allocator"). So it is off by default; it makes the allocator's steady
@@ -19,8 +20,10 @@ defaults. Each process tunes itself: forked data-loader workers inherit the sett
 that can stay behind is per process (ranks x (1 + workers)).
 
 ``JUST_ASR_MALLOC_TUNING=1`` makes ``just-asr fit``, ``decode`` and ``transcribe`` call it at
-start-up (:func:`tune_malloc_for_command`); a direct call of :func:`tune_malloc` applies it unless
-``JUST_ASR_MALLOC_TUNING=0``. It leaves ``malloc`` alone, and says so, when the environment already tunes it (``MALLOC_*_`` variables, ``GLIBC_TUNABLES`` with
+start-up (:func:`tune_malloc_for_command`, which prints a line when it then leaves malloc alone); a
+direct call of :func:`tune_malloc` applies it unless ``JUST_ASR_MALLOC_TUNING=0``. It leaves
+``malloc`` alone (the reason in :data:`applied`) when the environment already tunes it (the
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or ``MALLOC_MMAP_MAX_`` variables, ``GLIBC_TUNABLES`` with
 ``glibc.malloc`` entries) or preloads another allocator (``LD_PRELOAD`` with jemalloc, tcmalloc or
 mimalloc), and on C libraries other than glibc. Processes started without a ``just-asr`` command
 (``ddp_spawn`` ranks, data-loader workers started with ``spawn``/``forkserver``, your own scripts)
@@ -157,8 +160,8 @@ def tune_malloc_for_command(command: str) -> bool:
     when the variable has a value it does not understand: the command should then exit with status 2.
     True otherwise, tuned or not."""
     try:
-        if malloc_tuning_switch():
-            tune_malloc()
+        if malloc_tuning_switch() and not tune_malloc():
+            print(f"just-asr {command}: {ENV_VAR}=1 but {applied}", file=sys.stderr)
     except ValueError as exc:
         print(f"just-asr {command}: error: {exc}", file=sys.stderr)
         return False
