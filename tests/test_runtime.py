@@ -20,7 +20,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 
 # A training step's allocations in miniature: a fixed sequence of 0.2-3 MB float32 buffers (torch's
 # CPU allocator takes them from malloc), at most 9 alive at a time, freed in a seeded random order.
-# Prints the process's minor page faults per cycle after three warm-up cycles.
+# Prints the process's minor page faults per cycle after 15 warm-up cycles.
 PATTERN = textwrap.dedent("""
     import random, resource, sys, torch
     from just_asr.runtime import tune_malloc
@@ -34,7 +34,7 @@ PATTERN = textwrap.dedent("""
             live.append(torch.empty(s // 4).fill_(1.0))
             if len(live) > 8:
                 live.pop(rng.randrange(len(live)))
-    for _ in range(3):
+    for _ in range(15):  # until the tuned heap has stopped growing
         cycle()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
@@ -148,18 +148,16 @@ def _faults(code: str, mode: str, env: dict[str, str] | None = None) -> float:
 
 @glibc_only
 def test_tuned_malloc_keeps_memory_for_the_next_cycle():
-    # glibc's defaults give the freed heap top back and fault it in again: 1.7k-4.1k faults per cycle
-    # in 8 runs here (the count varies from process to process), the tuned settings 73-293
-    default = [_faults(PATTERN, "default") for _ in range(2)]
-    tuned = [_faults(PATTERN, "tuned") for _ in range(2)]
-    assert min(default) > 1000  # the pattern shows the problem, or this test could not fail
-    assert max(tuned) < min(default) / 4
+    # glibc's defaults give the freed heap top back and fault it in again: 1.1k-5.3k faults per cycle
+    # in 8 processes here (the count varies from process to process), the tuned settings 0 in all 8
+    assert _faults(PATTERN, "default") > 500  # the pattern shows the problem, or this test could not fail
+    assert _faults(PATTERN, "tuned") < 50
 
 
 @glibc_only
 def test_opt_out_in_a_fresh_process_gives_the_default_behaviour():
     code = PATTERN.replace('assert tune_malloc() is True', 'assert tune_malloc() is False')
-    assert _faults(code, "tuned", env={runtime.ENV_VAR: "0"}) > 1000  # as glibc's defaults, not 73-293
+    assert _faults(code, "tuned", env={runtime.ENV_VAR: "0"}) > 500  # as glibc's defaults, not 0
 
 
 @pytest.mark.parametrize("switch,tuned", [(None, False), ("0", False), ("1", True)])
