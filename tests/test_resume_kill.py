@@ -6,8 +6,11 @@ killed twice with SIGKILL and resumed with ``--resume`` each time:
 1. in the middle of a training step between two checkpoints (after the forward pass of step 6,
    one step after the checkpoint of step 4: the resumed run must redo steps 5-6 and continue
    the data stream mid-epoch);
-2. in the middle of writing a checkpoint (``last.ckpt`` of step 8 half written to
-   ``last.ckpt.tmp``): the previous ``last.ckpt`` must still load and be resumed from.
+2. in the middle of writing a checkpoint (``step000008.ckpt`` half written to
+   ``step000008.ckpt.tmp``): the previous ``last.ckpt`` (a hard link to ``step000006.ckpt``) must
+   still load and be resumed from;
+3. in the middle of linking ``last.ckpt`` to the new ``step000008.ckpt`` (the link made as
+   ``last.ckpt.tmp``, not yet renamed): ``last.ckpt`` must still be step 6's.
 
 After the last resume, the final checkpoint equals the reference's exactly (``torch.equal`` on
 every weight, optimiser moment, EMA weight, scheduler and loop counter), and every step trained
@@ -79,6 +82,18 @@ def write_file(checkpoint, tmp):
     return _write(checkpoint, tmp)
 
 ck._write_file = write_file
+kill_link = int(os.environ.get("KILL_IN_LINK", "-1"))
+_link = ck.atomic_link
+_links = [0]
+
+def atomic_link(src, dst):
+    _links[0] += 1
+    if _links[0] == kill_link:  # the new link exists under its temporary name, then the process dies
+        os.link(src, str(dst) + ck.TMP_SUFFIX)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _link(src, dst)
+
+ck.atomic_link = atomic_link
 from just_asr.cli.main import main
 sys.exit(main(sys.argv[1:]))
 '''
@@ -200,22 +215,32 @@ def test_sigkill_mid_step_and_mid_checkpoint_then_resume_is_exact(prepared, monk
     assert load(ck / "last.ckpt")["JustDataModule"]["train_batches_consumed"] == 4
     assert max(steps_log(run)) == 5
 
-    # 2) --resume, SIGKILL while writing the 4th checkpoint file of the resumed run: step 6 writes
-    # step000006.ckpt and last.ckpt, step 8 writes step000008.ckpt and then dies in last.ckpt
-    p = fit(work, run, manifests, tok, "--resume", env={"KILL_IN_WRITE": "4"})
+    # 2) --resume, SIGKILL while writing the 2nd checkpoint file of the resumed run: step 6 writes
+    # step000006.ckpt (last.ckpt becomes a hard link to it), step 8 dies inside step000008.ckpt
+    p = fit(work, run, manifests, tok, "--resume", env={"KILL_IN_WRITE": "2"})
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
     assert "resuming from" in p.stdout
-    assert (ck / "last.ckpt.tmp").is_file()  # the torn write, never renamed into place
+    assert (ck / "step000008.ckpt.tmp").is_file()  # the torn write, never renamed into place
+    assert not (ck / "step000008.ckpt").exists()
     with pytest.raises(Exception):
-        torch.load(ck / "last.ckpt.tmp", weights_only=True)
+        torch.load(ck / "step000008.ckpt.tmp", weights_only=True)
     assert load(ck / "last.ckpt")["global_step"] == 6  # the previous checkpoint is intact
+    assert not (ck / "last.ckpt").is_symlink() and (ck / "last.ckpt").samefile(ck / "step000006.ckpt")
+
+    # 3) --resume, SIGKILL while linking last.ckpt to the new step000008.ckpt
+    p = fit(work, run, manifests, tok, "--resume", env={"KILL_IN_LINK": "1"})
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
+    assert "removed" in p.stdout and "step000008.ckpt.tmp" in p.stdout
+    assert (ck / "last.ckpt.tmp").samefile(ck / "step000008.ckpt")  # made, never renamed into place
+    assert load(ck / "last.ckpt")["global_step"] == 6
     assert load(ck / "step000008.ckpt")["global_step"] == 8
 
-    # 3) --resume to the end
+    # 4) --resume to the end
     p = fit(work, run, manifests, tok, "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "removed" in p.stdout and "last.ckpt.tmp" in p.stdout
     assert not (ck / "last.ckpt.tmp").exists()
+    assert (ck / "last.ckpt").samefile(ck / f"step{STEPS:06d}.ckpt")
     assert "weights_only" not in p.stderr  # Lightning's "weights_only was not set" warning is gone
     final = load(ck / "last.ckpt")
 

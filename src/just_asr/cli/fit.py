@@ -13,7 +13,8 @@ Besides Lightning's ``model``/``data``/``trainer``/``seed_everything`` groups th
 
 * ``checkpoint``: the best-by-dev-WER ``ModelCheckpoint`` (``best-step*.ckpt``);
   ``periodic_checkpoint``: every ``every_n_train_steps`` steps, keeps the latest ``save_top_k`` step
-  checkpoints (for ``export --average-last N``) and ``last.ckpt`` (also written when training ends);
+  checkpoints (for ``export --average-last N``) and ``last.ckpt`` (a hard link to the newest of them,
+  ``save_last: link``; also written when training ends);
 * ``gumbel``, ``codebook_health``, ``nonfinite_guard``, ``ema``, ``throughput``, ``data_issues``: the
   callbacks of :mod:`just_asr.train.callbacks` (``data_issues`` lists the input problems the data
   loaders met in ``<trainer.default_root_dir>/data_issues.json``, one ``data_issues.rank<k>.json``
@@ -64,6 +65,7 @@ def _make_cli_class():
 
     from just_asr.train.callbacks import (EMA, CodebookHealth, DataIssueReport, GumbelTemperature, NonFiniteGuard,
                                           Throughput)
+    from just_asr.train.checkpointing import LinkedLastCheckpoint
 
     class JustCLI(LightningCLI):
         """LightningCLI with our callbacks, checkpoints and resume/init options."""
@@ -81,7 +83,7 @@ def _make_cli_class():
                     "checkpoint.auto_insert_metric_name": False,
                 }
             )
-            parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
+            parser.add_lightning_class_args(LinkedLastCheckpoint, "periodic_checkpoint")
             parser.set_defaults(
                 {
                     "periodic_checkpoint.monitor": "step",
@@ -90,7 +92,8 @@ def _make_cli_class():
                     "periodic_checkpoint.every_n_train_steps": 1000,
                     "periodic_checkpoint.filename": "step{step:06d}",
                     "periodic_checkpoint.auto_insert_metric_name": False,
-                    "periodic_checkpoint.save_last": True,
+                    # last.ckpt as a hard link to the step file just written, not a second write
+                    "periodic_checkpoint.save_last": "link",
                 }
             )
             parser.add_lightning_class_args(GumbelTemperature, "gumbel")

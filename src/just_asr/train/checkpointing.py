@@ -15,6 +15,14 @@
   anything else (a crafted pickle, a checkpoint holding arbitrary objects) is refused with a
   ``ValueError`` naming the file; its payload never runs.
 
+:class:`LinkedLastCheckpoint` is the ``ModelCheckpoint`` of ``just-asr fit``'s periodic checkpoints:
+with ``save_last="link"`` (the fit default) ``last.ckpt`` becomes a hard link to the step checkpoint
+just written (:func:`atomic_link`: a link made under ``<last>.tmp`` and renamed over ``last.ckpt``)
+instead of a second serialisation and write of the same state. It is a regular file with the same
+contents, so resuming and ``export`` read it as before, and it outlives the step file when
+``save_top_k`` deletes that. Lightning's own ``"link"`` mode makes a symbolic link after removing
+the old ``last.ckpt``, which a process killed in between would leave without one.
+
 Example::
 
     trainer = pl.Trainer(plugins=[AtomicCheckpointIO()])
@@ -26,11 +34,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,52 @@ def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> No
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` a hard link to the file ``src`` (same contents, no copy), atomically: the link is
+    made as ``<dst>.tmp`` and renamed over ``dst``, then the folder is fsync-ed, so ``dst`` is at every
+    moment either its old file or ``src``'s. Where hard links are refused (another filesystem, one
+    without links), ``src`` is copied to ``<dst>.tmp`` (and fsync-ed) instead.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist (``dst`` is left as it was).
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: no checkpoint to link {dst} to")
+    if src.resolve() == dst.resolve():
+        return
+    tmp = dst.with_name(dst.name + TMP_SUFFIX)
+    try:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(dst.parent)
+
+
+class LinkedLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``save_last="link"`` makes ``last.ckpt`` an atomic hard link to the
+    checkpoint just saved (:func:`atomic_link`) rather than Lightning's symbolic link (made after
+    deleting the old ``last.ckpt``). With ``save_last=True`` it behaves as ``ModelCheckpoint``."""
+
+    @staticmethod
+    def _link_checkpoint(trainer: Any, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero:
+            atomic_link(filepath, linkpath)
+        trainer.strategy.barrier()
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -1,0 +1,89 @@
+"""``just_asr.train.checkpointing.atomic_link`` and ``LinkedLastCheckpoint``: ``last.ckpt`` as an atomic
+hard link to the step checkpoint just written (no second write), replacing the old one in one rename."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from just_asr.train import checkpointing as ck
+
+
+def test_link_is_the_same_file_and_replaces_the_old_one(tmp_path):
+    old, new, last = tmp_path / "step000002.ckpt", tmp_path / "step000004.ckpt", tmp_path / "last.ckpt"
+    old.write_bytes(b"two")
+    new.write_bytes(b"four")
+    ck.atomic_link(old, last)
+    assert last.samefile(old) and not last.is_symlink()
+    ck.atomic_link(new, last)
+    assert last.samefile(new) and last.read_bytes() == b"four"
+    assert old.read_bytes() == b"two"  # the file last.ckpt named before is untouched
+    assert not (tmp_path / "last.ckpt.tmp").exists()
+    # the step file deleted (save_top_k): last.ckpt keeps its contents
+    new.unlink()
+    assert last.read_bytes() == b"four"
+    # a later atomic write to last.ckpt (the end-of-training save) replaces the link, not the step file
+    ck.atomic_link(old, last)
+    ck.atomic_torch_save({"x": 1}, last)
+    assert old.read_bytes() == b"two" and not last.samefile(old)
+
+
+def test_a_stale_temporary_is_replaced_and_linking_to_itself_is_a_no_op(tmp_path):
+    src, last = tmp_path / "step000002.ckpt", tmp_path / "last.ckpt"
+    src.write_bytes(b"two")
+    (tmp_path / "last.ckpt.tmp").write_bytes(b"torn")
+    ck.atomic_link(src, last)
+    assert last.samefile(src) and not (tmp_path / "last.ckpt.tmp").exists()
+    ck.atomic_link(last, last)
+    assert last.read_bytes() == b"two"
+
+
+def test_copy_where_hard_links_are_refused(tmp_path, monkeypatch):
+    src, last = tmp_path / "step000002.ckpt", tmp_path / "last.ckpt"
+    src.write_bytes(b"two")
+
+    def refuse(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    ck.atomic_link(src, last)
+    assert last.read_bytes() == b"two" and not last.samefile(src)
+    assert not (tmp_path / "last.ckpt.tmp").exists()
+
+
+def test_missing_source_leaves_last_alone(tmp_path):
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"previous")
+    with pytest.raises(FileNotFoundError, match="step000009.ckpt: no checkpoint to link"):
+        ck.atomic_link(tmp_path / "step000009.ckpt", last)
+    assert last.read_bytes() == b"previous"
+
+
+def test_fit_links_last_to_the_newest_step_file(tmp_path):
+    """A real Lightning run with LinkedLastCheckpoint(save_last="link"): last.ckpt is a regular file,
+    the same as the newest step checkpoint, and loads as one."""
+    import lightning.pytorch as pl
+    import torch
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 2)), batch_size=2)
+    cb = ck.LinkedLastCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=2, monitor="step", mode="max",
+                                 filename="step{step:06d}", auto_insert_metric_name=False, save_last="link")
+    trainer = pl.Trainer(max_steps=5, callbacks=[cb], plugins=[ck.AtomicCheckpointIO()], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Tiny(), data)
+    last = tmp_path / "last.ckpt"
+    assert sorted(p.name for p in tmp_path.glob("step*.ckpt")) == ["step000002.ckpt", "step000004.ckpt"]
+    assert last.is_file() and not last.is_symlink() and last.samefile(tmp_path / "step000004.ckpt")
+    assert ck.safe_torch_load(last)["global_step"] == 4
