@@ -47,7 +47,9 @@ def test_copy_where_hard_links_are_refused(tmp_path, monkeypatch):
         raise OSError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", refuse)
-    ck.atomic_link(src, last)
+    monkeypatch.setattr(ck, "_copy_warned", False)
+    with pytest.warns(RuntimeWarning, match="no hard link"):
+        ck.atomic_link(src, last)
     assert last.read_bytes() == b"two" and not last.samefile(src)
     assert not (tmp_path / "last.ckpt.tmp").exists()
 
@@ -87,3 +89,55 @@ def test_fit_links_last_to_the_newest_step_file(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step*.ckpt")) == ["step000002.ckpt", "step000004.ckpt"]
     assert last.is_file() and not last.is_symlink() and last.samefile(tmp_path / "step000004.ckpt")
     assert ck.safe_torch_load(last)["global_step"] == 4
+
+
+def test_a_failed_rename_leaves_last_as_it_was(tmp_path, monkeypatch):
+    src, last = tmp_path / "step000004.ckpt", tmp_path / "last.ckpt"
+    src.write_bytes(b"four")
+    last.write_bytes(b"two")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        ck.atomic_link(src, last)
+    assert last.read_bytes() == b"two" and not last.samefile(src)
+    assert not (tmp_path / "last.ckpt.tmp").exists()
+
+
+def test_resume_from_a_first_checkpoint_keeps_writing_last_ckpt(tmp_path):
+    """The step file that last.ckpt links to was dumped before Lightning set last_model_path for that
+    save: for a run's first periodic checkpoint the restored value is empty, and Lightning would then
+    take the existing last.ckpt for another run's and write last-v1.ckpt (which --resume never reads)."""
+    cb = ck.LinkedLastCheckpoint(dirpath=tmp_path, save_last="link")
+    cb.load_state_dict({"dirpath": str(tmp_path), "best_model_score": None, "best_model_path": "",
+                        "best_k_models": {}, "last_model_path": ""})
+    assert cb.last_model_path == str(tmp_path / "last.ckpt")
+    cb = ck.LinkedLastCheckpoint(dirpath=tmp_path, save_last="link")
+    cb.load_state_dict({"dirpath": str(tmp_path), "best_model_score": None, "best_model_path": "",
+                        "best_k_models": {}, "last_model_path": str(tmp_path / "last-v3.ckpt")})
+    assert cb.last_model_path == str(tmp_path / "last-v3.ckpt")  # a value that is there stays
+
+
+def test_fit_warns_when_checkpoints_may_be_written_in_place(tmp_path):
+    import lightning.pytorch as pl
+    import torch
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
+    cb = ck.LinkedLastCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last="link")
+    trainer = pl.Trainer(max_steps=2, callbacks=[cb], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with pytest.warns(RuntimeWarning, match="may write in place"):
+        trainer.fit(Tiny(), data)

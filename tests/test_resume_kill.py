@@ -369,3 +369,20 @@ def test_consumed_count_follows_the_stream_index(small_manifests):
     dev = {"cut_ids": ["d"]}
     dm.on_before_batch_transfer(dev, 0)  # validation batches are not counted
     assert dm.state_dict()["train_batches_consumed"] == 5
+
+
+def test_resume_from_the_first_periodic_checkpoint_keeps_last_ckpt_current(prepared):
+    """Killed after the run's first periodic checkpoint (step 2), whose state was dumped before
+    Lightning recorded last.ckpt's path: the resumed run must go on linking last.ckpt (not start a
+    last-v1.ckpt that --resume would never read)."""
+    work, manifests, tok = prepared
+    run = work / "early"
+    p = fit(work, run, manifests, tok, env={"KILL_AT_STEP": "3"})
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
+    ck = run / "checkpoints"
+    assert load(ck / "last.ckpt")["global_step"] == 2 and (ck / "last.ckpt").samefile(ck / "step000002.ckpt")
+    p = fit(work, run, manifests, tok, "--resume", env={"KILL_AT_STEP": "5"})
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-3000:])
+    assert "resuming from" in p.stdout
+    assert not list(ck.glob("last-v*.ckpt"))
+    assert load(ck / "last.ckpt")["global_step"] == 4 and (ck / "last.ckpt").samefile(ck / "step000004.ckpt")

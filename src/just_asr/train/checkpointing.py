@@ -35,6 +35,7 @@ import logging
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,6 +89,9 @@ def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> No
     _fsync_dir(path.parent)
 
 
+_copy_warned = False
+
+
 def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Make ``dst`` a hard link to the file ``src`` (same contents, no copy), atomically: the link is
     made as ``<dst>.tmp`` and renamed over ``dst``, then the folder is fsync-ed, so ``dst`` is at every
@@ -108,7 +112,12 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             tmp.unlink()
         try:
             os.link(src, tmp)
-        except OSError:
+        except OSError as exc:
+            global _copy_warned
+            if not _copy_warned:
+                _copy_warned = True
+                warnings.warn(f"atomic_link: no hard link in {dst.parent} ({exc.strerror or exc}); "
+                              f"{dst.name} is written as a copy instead", RuntimeWarning, stacklevel=2)
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -125,10 +134,35 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 class LinkedLastCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``save_last="link"`` makes ``last.ckpt`` an atomic hard link to the
     checkpoint just saved (:func:`atomic_link`) rather than Lightning's symbolic link (made after
-    deleting the old ``last.ckpt``). With ``save_last=True`` it behaves as ``ModelCheckpoint``."""
+    deleting the old ``last.ckpt``). With ``save_last=True`` it behaves as ``ModelCheckpoint``.
+
+    Two consequences of the link being the step file itself are handled here: the state inside it was
+    dumped before Lightning sets ``last_model_path`` for that save (empty for a run's first periodic
+    checkpoint), so on resume an empty ``last_model_path`` is set to this folder's ``last.ckpt``
+    (Lightning would otherwise take the existing ``last.ckpt`` for another run's and start writing
+    ``last-v1.ckpt``, which ``--resume`` never reads); and the shared file must only ever be replaced,
+    never rewritten in place, which ``AtomicCheckpointIO`` guarantees (a warning says so when the
+    trainer writes with another ``CheckpointIO``). Checkpoints saved as folders (sharded strategies)
+    get Lightning's symbolic link."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.save_last == "link" and not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            warnings.warn(f"LinkedLastCheckpoint: the trainer writes checkpoints with "
+                          f"{type(trainer.strategy.checkpoint_io).__name__}, which may write in place; a write to "
+                          f"last.ckpt would then also change the step checkpoint it is linked to (use "
+                          f"AtomicCheckpointIO, or save_last=True)", RuntimeWarning, stacklevel=2)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.save_last and not self.last_model_path and self.dirpath:
+            self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
 
     @staticmethod
     def _link_checkpoint(trainer: Any, filepath: str, linkpath: str) -> None:
+        if os.path.isdir(filepath):
+            ModelCheckpoint._link_checkpoint(trainer, filepath, linkpath)
+            return
         if trainer.is_global_zero:
             atomic_link(filepath, linkpath)
         trainer.strategy.barrier()
