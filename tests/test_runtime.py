@@ -155,15 +155,20 @@ def _faults(code: str, mode: str, env: dict[str, str] | None = None) -> float:
 @glibc_only
 def test_tuned_malloc_keeps_memory_for_the_next_cycle():
     # glibc's defaults give the freed heap top back and fault it in again: 2.9k-6.9k faults per cycle
-    # in 8 processes here (the count varies from process to process), the tuned settings 0-37
-    assert _faults(PATTERN, "default") > 1000  # the pattern shows the problem, or this test could not fail
-    assert _faults(PATTERN, "tuned") < 200
+    # in 8 processes here, but not in every process (one CI run saw 0: where small long-lived blocks
+    # land decides whether the top can be trimmed), hence the best of three; tuned, 0-37 in 8 of 8
+    assert max(_faults(PATTERN, "default") for _ in range(3)) > 1000  # or this test could not fail
+    assert max(_faults(PATTERN, "tuned") for _ in range(2)) < 200
 
 
 @glibc_only
-def test_opt_out_in_a_fresh_process_gives_the_default_behaviour():
-    code = PATTERN.replace('assert tune_malloc() is True', 'assert tune_malloc() is False')
-    assert _faults(code, "tuned", env={runtime.ENV_VAR: "0"}) > 1000  # as glibc's defaults, not 0-37
+def test_opt_out_in_a_fresh_process_leaves_malloc_alone():
+    code = "from just_asr import runtime; print(runtime.tune_malloc(), runtime.applied)"
+    proc = _run(code, env={runtime.ENV_VAR: "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False malloc left alone (JUST_ASR_MALLOC_TUNING=0)"
+    proc = _run(code)
+    assert proc.stdout.strip().startswith("True glibc malloc tuned: mmap threshold 32 MiB")
 
 
 @pytest.mark.parametrize("switch,tuned", [(None, False), ("0", False), ("1", True)])
