@@ -10,6 +10,25 @@ import pytest
 from just_asr.train import checkpointing as ck
 
 
+def _tiny_module():
+    """A one-layer LightningModule for short real fits."""
+    import lightning.pytorch as pl
+    import torch
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Tiny()
+
+
 def test_link_is_the_same_file_and_replaces_the_old_one(tmp_path):
     old, new, last = tmp_path / "step000002.ckpt", tmp_path / "step000004.ckpt", tmp_path / "last.ckpt"
     old.write_bytes(b"two")
@@ -68,23 +87,12 @@ def test_fit_links_last_to_the_newest_step_file(tmp_path):
     import lightning.pytorch as pl
     import torch
 
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.w(batch[0]).pow(2).mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 2)), batch_size=2)
     cb = ck.LinkedLastCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=2, monitor="step", mode="max",
                                  filename="step{step:06d}", auto_insert_metric_name=False, save_last="link")
     trainer = pl.Trainer(max_steps=5, callbacks=[cb], plugins=[ck.AtomicCheckpointIO()], logger=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Tiny(), data)
+    trainer.fit(_tiny_module(), data)
     last = tmp_path / "last.ckpt"
     assert sorted(p.name for p in tmp_path.glob("step*.ckpt")) == ["step000002.ckpt", "step000004.ckpt"]
     assert last.is_file() and not last.is_symlink() and last.samefile(tmp_path / "step000004.ckpt")
@@ -124,20 +132,9 @@ def test_fit_warns_when_checkpoints_may_be_written_in_place(tmp_path):
     import lightning.pytorch as pl
     import torch
 
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.w(batch[0]).pow(2).mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
     cb = ck.LinkedLastCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last="link")
     trainer = pl.Trainer(max_steps=2, callbacks=[cb], logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     with pytest.warns(RuntimeWarning, match="may write in place"):
-        trainer.fit(Tiny(), data)
+        trainer.fit(_tiny_module(), data)

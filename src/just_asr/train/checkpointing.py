@@ -76,9 +76,15 @@ def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> No
     fsync the folder. On any error the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_via_temporary(path, lambda tmp: _write_file(checkpoint, tmp))
+
+
+def _replace_via_temporary(path: Path, make: Callable[[Path], None]) -> None:
+    """``make(<path>.tmp)``, then rename it over ``path`` and fsync the folder; on any error the
+    temporary is removed and ``path`` is left as it was."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
-        _write_file(checkpoint, tmp)
+        make(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -106,29 +112,23 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         raise FileNotFoundError(f"{src}: no checkpoint to link {dst} to")
     if src.resolve() == dst.resolve():
         return
-    tmp = dst.with_name(dst.name + TMP_SUFFIX)
-    try:
+
+    def make(tmp: Path) -> None:
+        global _copy_warned
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
         try:
             os.link(src, tmp)
         except OSError as exc:
-            global _copy_warned
             if not _copy_warned:
                 _copy_warned = True
                 warnings.warn(f"atomic_link: no hard link in {dst.parent} ({exc.strerror or exc}); "
-                              f"{dst.name} is written as a copy instead", RuntimeWarning, stacklevel=2)
+                              f"{dst.name} is written as a copy instead", RuntimeWarning, stacklevel=3)
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(dst.parent)
+
+    _replace_via_temporary(dst, make)
 
 
 class LinkedLastCheckpoint(ModelCheckpoint):
