@@ -138,3 +138,62 @@ def test_fit_warns_when_checkpoints_may_be_written_in_place(tmp_path):
                          enable_model_summary=False)
     with pytest.warns(RuntimeWarning, match="may write in place"):
         trainer.fit(_tiny_module(), data)
+
+
+# ------------------------------------------------------------------ the EMA weights stored once
+def _ema_with_state(dtype):
+    """An EMA callback after one update of a small module of ``dtype``; its checkpoint dict as Lightning
+    builds it (callback states first, then on_save_checkpoint)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from just_asr.train.callbacks import EMA
+
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).to(dtype)
+    cb = EMA(decay=0.9)
+    pl_module = SimpleNamespace(model=module)
+    cb.on_fit_start(None, pl_module)
+    with torch.no_grad():
+        module[0].weight.add_(1.0)
+    cb.ema.update(module)
+    checkpoint = {"callbacks": {cb.state_key: cb.state_dict()}}
+    cb.on_save_checkpoint(None, pl_module, checkpoint)
+    return cb, pl_module, checkpoint
+
+
+def test_float32_checkpoint_holds_the_ema_weights_once_and_resumes_them_exactly():
+    import torch
+
+    from just_asr.train.averaging import EMA_CHECKPOINT_KEY
+    from just_asr.train.callbacks import EMA
+
+    cb, pl_module, checkpoint = _ema_with_state(torch.float32)
+    state = checkpoint["callbacks"][cb.state_key]["ema"]
+    assert "shadow" not in state and state["shadow_in"] == EMA_CHECKPOINT_KEY
+    # a new callback restored as Lightning does (on_load_checkpoint, then load_state_dict)
+    restored = EMA(decay=0.9)
+    restored.on_load_checkpoint(None, pl_module, checkpoint)
+    restored.load_state_dict(checkpoint["callbacks"][cb.state_key])
+    restored.on_fit_start(None, pl_module)
+    assert restored.ema.num_updates == cb.ema.num_updates
+    for k, v in cb.ema.shadow.items():
+        assert torch.equal(restored.ema.shadow[k], v) and restored.ema.shadow[k].dtype == v.dtype
+    # a state that names the weights but comes without them is an error, not a silent restart
+    with pytest.raises(ValueError, match="'ema_state_dict', which is missing"):
+        EMA().load_state_dict(checkpoint["callbacks"][cb.state_key])
+
+
+def test_bf16_model_keeps_its_float32_shadow_and_old_checkpoints_still_load():
+    import torch
+
+    from just_asr.train.callbacks import EMA
+
+    cb, pl_module, checkpoint = _ema_with_state(torch.bfloat16)
+    state = checkpoint["callbacks"][cb.state_key]
+    assert state["ema"]["shadow"]["0.weight"].dtype == torch.float32  # not the bf16 export copy
+    # a checkpoint written before the change (shadow in the callback state) loads without the hook
+    old = EMA(decay=0.9)
+    old.load_state_dict(state)
+    old.on_fit_start(None, pl_module)
+    assert torch.equal(old.ema.shadow["0.weight"], cb.ema.shadow["0.weight"])

@@ -224,8 +224,9 @@ class NonFiniteGuard(pl.Callback):
 class EMA(pl.Callback):
     """Keep an exponential moving average of the JustModel's weights (see
     :class:`just_asr.train.averaging.EMAWeights`), updated after every optimiser step, saved inside
-    Lightning checkpoints (callback state, plus the averaged weights under ``ema_state_dict`` for
-    ``just-asr export --ema``).
+    Lightning checkpoints (the averaged weights under ``ema_state_dict`` for ``just-asr export --ema``,
+    and the callback's state: decay, update count and, unless the model is float32 so that
+    ``ema_state_dict`` holds exactly the shadow weights, a float32 copy of them).
 
     Args:
         decay: long-run decay per update.
@@ -241,6 +242,7 @@ class EMA(pl.Callback):
         self._pending_state: dict | None = None
         self._backup: dict[str, torch.Tensor] | None = None
         self._last_step = -1
+        self._checkpoint_weights: dict[str, torch.Tensor] | None = None
 
     def _ensure(self, pl_module: pl.LightningModule) -> EMAWeights:
         if self.ema is None:
@@ -269,8 +271,21 @@ class EMA(pl.Callback):
             self._backup = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None:
-            checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict_for(pl_module.model)
+        if self.ema is None:
+            return
+        weights = checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict_for(pl_module.model)
+        # For a model whose tensors have the shadow's dtypes (float32), those are the shadow's values:
+        # the callback's own state then names them instead of holding a second copy (the checkpoint's
+        # callback states are collected before this hook runs)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        shadow = self.ema.shadow
+        if (state and "shadow" in state.get("ema", {}) and set(weights) == set(shadow)
+                and all(shadow[k].dtype == w.dtype for k, w in weights.items())):
+            state["ema"] = {**{k: v for k, v in state["ema"].items() if k != "shadow"}, "shadow_in": EMA_CHECKPOINT_KEY}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before load_state_dict: keep the weights a "shadow_in" state refers to
+        self._checkpoint_weights = checkpoint.get(EMA_CHECKPOINT_KEY)
 
     def state_dict(self) -> dict[str, Any]:
         if self.ema is None:
@@ -279,7 +294,15 @@ class EMA(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "ema" in state_dict:
-            self._pending_state = state_dict["ema"]
+            ema_state = state_dict["ema"]
+            if "shadow" not in ema_state:  # stored once, under the checkpoint's EMA weights
+                weights = getattr(self, "_checkpoint_weights", None)
+                if ema_state.get("shadow_in") != EMA_CHECKPOINT_KEY or weights is None:
+                    raise ValueError(f"EMA callback state: the shadow weights should be under the checkpoint's "
+                                     f"{EMA_CHECKPOINT_KEY!r}, which is missing")
+                ema_state = {**ema_state, "shadow": weights}
+            self._checkpoint_weights = None
+            self._pending_state = ema_state
             self._last_step = int(state_dict.get("last_step", -1))
             if self.ema is not None:
                 self.ema.load_state_dict(self._pending_state)
