@@ -175,9 +175,12 @@ class EMAWeights:
         ref = module.state_dict()
         return {k: self.shadow[k].detach().to("cpu", ref[k].dtype).clone() for k in ref}
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates,
-                "shadow": {k: v.detach().cpu() for k, v in self.shadow.items()}}
+    def state_dict(self, with_shadow: bool = True) -> dict:
+        """Decay, warm-up flag, update count and (``with_shadow``) the shadow weights, on CPU."""
+        state = {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates}
+        if with_shadow:
+            state["shadow"] = {k: v.detach().cpu() for k, v in self.shadow.items()}
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         self.decay = float(state["decay"])

@@ -243,9 +243,11 @@ class EMA(pl.Callback):
         self._backup: dict[str, torch.Tensor] | None = None
         self._last_step = -1
         self._checkpoint_weights: dict[str, torch.Tensor] | None = None
+        self._model: torch.nn.Module | None = None
 
     def _ensure(self, pl_module: pl.LightningModule) -> EMAWeights:
         if self.ema is None:
+            self._model = pl_module.model
             self.ema = EMAWeights(pl_module.model, self.decay, self.warmup)
             if self._pending_state is not None:
                 self.ema.load_state_dict(self._pending_state)
@@ -271,32 +273,38 @@ class EMA(pl.Callback):
             self._backup = None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self.ema is None:
-            return
-        weights = checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict_for(pl_module.model)
-        # For a model whose tensors have the shadow's dtypes (float32), those are the shadow's values:
-        # the callback's own state then names them instead of holding a second copy (the checkpoint's
-        # callback states are collected before this hook runs)
-        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if self.ema is not None:
+            checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict_for(pl_module.model)
+
+    def _shadow_is_exported(self) -> bool:
+        """Whether ``ema_state_dict`` (the shadow cast to the model's dtypes) holds exactly the shadow:
+        the model's tensors have the shadow's dtypes (a float32 model)."""
+        assert self.ema is not None and self._model is not None
+        model_state = self._model.state_dict()
         shadow = self.ema.shadow
-        if (state and "shadow" in state.get("ema", {}) and set(weights) == set(shadow)
-                and all(shadow[k].dtype == w.dtype for k, w in weights.items())):
-            state["ema"] = {**{k: v for k, v in state["ema"].items() if k != "shadow"}, "shadow_in": EMA_CHECKPOINT_KEY}
+        return set(model_state) == set(shadow) and all(shadow[k].dtype == v.dtype for k, v in model_state.items())
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before load_state_dict: keep the weights a "shadow_in" state refers to
         self._checkpoint_weights = checkpoint.get(EMA_CHECKPOINT_KEY)
 
     def state_dict(self) -> dict[str, Any]:
+        """Lightning collects it for a checkpoint together with :meth:`on_save_checkpoint`'s
+        ``ema_state_dict``: when that holds exactly the shadow weights, the state names it instead of
+        holding (and copying to the CPU) a second copy."""
         if self.ema is None:
             return {}
-        return {"ema": self.ema.state_dict(), "last_step": self._last_step}
+        if self._shadow_is_exported():
+            ema = {**self.ema.state_dict(with_shadow=False), "shadow_in": EMA_CHECKPOINT_KEY}
+        else:
+            ema = self.ema.state_dict()
+        return {"ema": ema, "last_step": self._last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "ema" in state_dict:
             ema_state = state_dict["ema"]
             if "shadow" not in ema_state:  # stored once, under the checkpoint's EMA weights
-                weights = getattr(self, "_checkpoint_weights", None)
+                weights = self._checkpoint_weights
                 if ema_state.get("shadow_in") != EMA_CHECKPOINT_KEY or weights is None:
                     raise ValueError(f"EMA callback state: the shadow weights should be under the checkpoint's "
                                      f"{EMA_CHECKPOINT_KEY!r}, which is missing")
